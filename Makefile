@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine: `make train` and `make test`.
+# Both create .venv with uv (installed into the user's Python if missing) and install the
+# package with its dev extras; uv ignores the machine's pip config (which offers a CPU-only torch
+# that PyPI's torchvision cannot import against) and takes PyPI's torch + torchvision pair.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE ?= offline
+export HYDRA_FULL_ERROR ?= 0
+
+.PHONY: setup train test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
+	@test -x $(PY) || $(PYTHON) -m uv venv --quiet --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(PYTHON) -m uv pip install --quiet -e ".[dev]"
+	$(PY) -c "import torch, torchvision, timm, segmentation_models_pytorch; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	@touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m lesionseg.train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m lesionseg.bench models
+	$(PY) -m lesionseg.bench data
+
+clean:
+	rm -rf $(VENV) outputs/20* .pytest_cache

@@ -1,0 +1,58 @@
+"""The checks every layout's decoded case goes through before it reaches the slice store.
+
+One module so that ATLAS, LGG, DICOM and image folders reject bad input the same way: a one-line
+`DataError` naming the file and the problem, or (for masks that only need binarising) a note the
+caller turns into a warning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lesionseg.data.cases import Case, CaseArrays, DataError
+
+BINARY_MASK_VALUES = ({0, 1}, {0, 255})
+
+
+def missing_mask(image: Path, expected: str) -> DataError:
+    """The error a layout raises for an image that should have a mask and has none."""
+    return DataError(f"{image}: no lesion mask found (expected {expected})")
+
+
+def _file(paths: tuple[Path, ...]) -> Path | str:
+    return paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
+
+
+def checked(case: Case, arrays: CaseArrays, strict_masks: bool = False) -> tuple[CaseArrays, str | None]:
+    """Validate a decoded case; return it with the mask binarised to uint8 {0, 1}, and a mask note.
+
+    Raises DataError on NaN/inf voxels, an image that is not (Z, C, H, W), a mask whose shape differs
+    from the image, or (with `strict_masks`) mask values outside {0, 1} and {0, 255}; without
+    `strict_masks` such a mask is binarised `> 0` and the note (naming the file) says so, else None.
+    """
+    image, mask = arrays.image, arrays.mask
+    if image.ndim != 4:
+        raise DataError(f"{_file(case.image)}: image must decode to (Z, C, H, W), got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise DataError(f"{_file(case.image)}: image holds NaN or infinite voxels")
+    if mask is None:
+        if case.labelled:
+            raise DataError(f"{_file(case.mask)}: mask could not be decoded")
+        return CaseArrays(image=image, mask=None, affine=arrays.affine), None
+    expected = (image.shape[0], *image.shape[2:])
+    if mask.shape != expected:
+        raise DataError(
+            f"{_file(case.mask)}: mask shape {mask.shape} differs from image shape {expected} ({_file(case.image)})"
+        )
+    if not np.isfinite(mask).all():
+        raise DataError(f"{_file(case.mask)}: mask holds NaN or infinite voxels")
+    values = set(np.unique(mask).tolist())
+    note = None
+    if not any(values <= allowed for allowed in BINARY_MASK_VALUES):
+        shown = sorted(values)[:6]
+        note = f"{_file(case.mask)}: mask values {shown}{'...' if len(values) > 6 else ''} are not in {{0, 1}} or {{0, 255}}"
+        if strict_masks:
+            raise DataError(f"{note} (strict_masks=true)")
+    return CaseArrays(image=image, mask=(mask > 0).astype(np.uint8), affine=arrays.affine), note

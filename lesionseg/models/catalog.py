@@ -1,0 +1,41 @@
+"""Paper figures for every model config: the single source for `python -m lesionseg.models` and tests.
+
+Each entry names a `conf/model/<config>.yaml`, the input the paper measured at, and the parameter
+count the paper (or released code) reports. `tolerance` is relative (0.0 means exact); `target=None`
+means "report only" (no published figure to match).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """What a model config must reproduce."""
+
+    config: str
+    source: str
+    target_params: int | None
+    tolerance: float
+    in_channels: int = 1
+    num_classes: int = 1
+    input_size: tuple[int, int] = (224, 192)
+    overrides: tuple[str, ...] = ()
+
+
+CATALOG: tuple[PaperFigure, ...] = (
+    PaperFigure("xnet", "X-Net, Qi et al. MICCAI 2019 (released Keras code)", 15_072_332, 0.005),
+    PaperFigure("unet", "U-Net baseline of the X-Net comparison", 34_500_000, 0.01),
+    PaperFigure("segnet", "SegNet, Badrinarayanan et al. 2017 (X-Net table)", 29_500_000, 0.01),
+    PaperFigure("dense_unet", "2D Dense-UNet, Li et al. 2018 H-DenseUNet (X-Net table)", 50_000_000, 0.015),
+    PaperFigure("resunet", "ResUNet, Zhang et al. 2018", None, 0.0),
+    PaperFigure("unext", "UNeXt, Valanarasu & Patel 2022 (released code)", 1_471_921, 0.0, 3, 1, (256, 256)),
+    PaperFigure("unext_s", "UNeXt-S, Valanarasu & Patel 2022 (released code)", 253_561, 0.0, 3, 1, (256, 256)),
+    PaperFigure("lraspp_mnv3", "MobileNetV3 + LR-ASPP brain-tumour study", 310_000, 0.03, 3, 1, (256, 256)),
+    PaperFigure("lraspp_mnv3_skip", "MobileNetV3 + LR-ASPP with extra skips", 312_000, 0.03, 3, 1, (256, 256)),
+    PaperFigure("deeplabv3plus", "DeepLabV3+, Chen et al. 2018 (smp)", None, 0.0),
+    PaperFigure("segclassifier", "dilated segmenter + lesion classifier (few-label stroke study)", None, 0.0),
+    PaperFigure("smp", "segmentation_models_pytorch (any arch/encoder)", None, 0.0),
+    PaperFigure("dynunet", "MONAI DynUNet as nnU-Net 2D", None, 0.0),
+)

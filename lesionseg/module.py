@@ -1,0 +1,232 @@
+"""The one LightningModule that trains, validates and tests every architecture.
+
+`SegmentationModule` wraps any `nn.Module` that follows the model contract (logits `(B, K, H, W)`,
+or a dict with `seg` and `cls` logits for models with a lesion classifier). K = 1 is a binary
+lesion mask (sigmoid, threshold), K > 1 a softmax over classes (argmax). Slice-level torchmetrics
+are logged for monitoring; the test stage also reassembles every subject's slices into its volume
+and reports per-subject 3D metrics averaged over subjects, which are the numbers to quote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryF1Score,
+    BinaryJaccardIndex,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+    MulticlassPrecision,
+    MulticlassRecall,
+    MulticlassSpecificity,
+)
+
+from lesionseg.evaluation import SubjectAccumulator, summarize_subjects
+from lesionseg.overlays import OverlaySample, log_overlays
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+def slice_metrics(num_classes: int) -> MetricCollection:
+    """Pixel-level Dice (F1), IoU, precision, recall, specificity and accuracy over an epoch."""
+    if num_classes == 1:
+        return MetricCollection(
+            {
+                "dice": BinaryF1Score(),
+                "iou": BinaryJaccardIndex(),
+                "precision": BinaryPrecision(),
+                "recall": BinaryRecall(),
+                "specificity": BinarySpecificity(),
+                "accuracy": BinaryAccuracy(),
+            }
+        )
+    # Macro average over classes; the per-subject 3D metrics of the test stage score the foreground.
+    kwargs = {"num_classes": num_classes, "average": "macro"}
+    return MetricCollection(
+        {
+            "dice": MulticlassF1Score(**kwargs),
+            "iou": MulticlassJaccardIndex(**kwargs),
+            "precision": MulticlassPrecision(**kwargs),
+            "recall": MulticlassRecall(**kwargs),
+            "specificity": MulticlassSpecificity(**kwargs),
+            "accuracy": MulticlassAccuracy(**kwargs),
+        }
+    )
+
+
+def split_output(output: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Segmentation logits and optional classification logits from any model's output."""
+    if isinstance(output, Mapping):
+        return output["seg"], output.get("cls")
+    return output, None
+
+
+class SegmentationModule(L.LightningModule):
+    """Binary or multi-class 2D segmentation, with an optional lesion-classification head.
+
+    The optimizer and scheduler arrive as partial callables (Hydra `_partial_: true`) and are
+    completed here with the parameters. `run_config` (the resolved Hydra config) is stored in
+    every checkpoint so `lesionseg.evaluate` can rebuild the exact model and data pipeline.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        num_classes: int = 1,
+        threshold: float = 0.5,
+        cls_loss_weight: float = 1.0,
+        cls_pos_weight: float | None = None,
+        num_overlays: int = 4,
+        output_dir: str | None = None,
+        channels_last: bool = False,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.num_classes = num_classes
+        self.threshold = threshold
+        self.cls_loss_weight = cls_loss_weight
+        pos_weight = None if cls_pos_weight is None else torch.tensor([cls_pos_weight])
+        self.cls_loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        self.num_overlays = num_overlays
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.channels_last = channels_last
+        self.run_config = run_config
+        self.metrics = nn.ModuleDict({stage: slice_metrics(num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")})
+        self.test_subjects = SubjectAccumulator()
+        self.test_subject_table: pd.DataFrame | None = None
+        self.test_subject_summary: dict[str, float] = {}
+        self._overlays: list[OverlaySample] = []
+
+    # ---------------------------------------------------------------- forward and prediction
+    def forward(self, image: torch.Tensor) -> torch.Tensor | Mapping[str, torch.Tensor]:
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return self.net(image)
+
+    def probabilities(self, seg_logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities: sigmoid for a binary mask, softmax otherwise."""
+        return torch.sigmoid(seg_logits) if self.num_classes == 1 else torch.softmax(seg_logits, dim=1)
+
+    def predict_mask(self, seg_logits: torch.Tensor) -> torch.Tensor:
+        """Class-index mask (B, H, W): sigmoid > threshold when binary, argmax otherwise."""
+        if self.num_classes == 1:
+            return (torch.sigmoid(seg_logits[:, 0].float()) > self.threshold).long()
+        return seg_logits.argmax(dim=1)
+
+    # ---------------------------------------------------------------- steps
+    def _shared_step(self, batch: Mapping[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image, mask = batch["image"], batch["mask"]
+        seg_logits, cls_logits = split_output(self(image))
+        loss = self.loss(seg_logits, mask)
+        if cls_logits is not None:
+            has_lesion = (mask > 0).flatten(1).any(dim=1, keepdim=True).to(cls_logits.dtype)
+            cls_loss = self.cls_loss(cls_logits.float(), has_lesion.float())
+            self.log(f"{stage}/cls_loss", cls_loss, on_step=False, on_epoch=True, batch_size=len(image), sync_dist=True)
+            loss = loss + self.cls_loss_weight * cls_loss
+        prediction = self.predict_mask(seg_logits)
+        self.metrics[stage].update(prediction, mask)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(image), sync_dist=True)
+        return loss, prediction, seg_logits
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self._shared_step(batch, "train")
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        _, prediction, _ = self._shared_step(batch, "val")
+        self._collect_overlays(batch, prediction)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        _, prediction, _ = self._shared_step(batch, "test")
+        self.test_subjects.add(batch["subject"], batch["slice_index"], prediction > 0, batch["mask"] > 0)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        seg_logits, cls_logits = split_output(self(batch["image"]))
+        output = {"subject": batch["subject"], "slice_index": batch["slice_index"], "probabilities": self.probabilities(seg_logits)}
+        if cls_logits is not None:
+            output["cls_probability"] = torch.sigmoid(cls_logits)
+        return output
+
+    # ---------------------------------------------------------------- epoch ends
+    def _log_epoch_metrics(self, stage: str) -> None:
+        self.log_dict(self.metrics[stage].compute(), prog_bar=stage == "val", sync_dist=True)
+        self.metrics[stage].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._overlays = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+        if self._overlays and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            folder = self.output_dir / "overlays" if self.output_dir else None
+            log_overlays(self._overlays, folder, self.current_epoch, self.loggers)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_subjects = SubjectAccumulator()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+        self.test_subjects = self.test_subjects.gathered()
+        table = self.test_subjects.compute()
+        self.test_subject_table = table
+        self.test_subject_summary = summarize_subjects(table)
+        for name, value in self.test_subject_summary.items():
+            self.log(f"test/subject_{name}", value, rank_zero_only=True)
+        if self.output_dir is not None and self.trainer.is_global_zero:
+            table.to_csv(self.output_dir / "test_subjects.csv", index=False)
+
+    def _collect_overlays(self, batch: Mapping[str, Any], prediction: torch.Tensor) -> None:
+        """Keep the first few validation slices that show a lesion (or a predicted one)."""
+        if len(self._overlays) >= self.num_overlays:
+            return
+        visible = ((batch["mask"] > 0) | (prediction > 0)).flatten(1).any(dim=1)
+        for index in torch.nonzero(visible).flatten().tolist():
+            if len(self._overlays) >= self.num_overlays:
+                break
+            self._overlays.append(
+                OverlaySample(
+                    image=batch["image"][index].detach().float().cpu().numpy(),
+                    target=batch["mask"][index].cpu().numpy(),
+                    prediction=prediction[index].cpu().numpy(),
+                    caption=f"{batch['subject'][index]} slice {int(batch['slice_index'][index])}",
+                )
+            )
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["lesionseg_config"] = self.run_config

@@ -1,0 +1,191 @@
+"""`python -m lesionseg.train [group=option ...] [key=value ...]`: train, validate, test one run.
+
+Hydra composes `conf/train.yaml`; every part (model, data, augmentation, loss, optimizer,
+scheduler, trainer, loggers, callbacks) is instantiated from its `_target_`. The run folder gets the
+resolved config (Hydra's `.hydra/`), the subject split, checkpoints (last + best), CSV metrics,
+validation overlays, per-subject test metrics and `summary.json`. `main` returns the optimised
+metric so Hydra sweepers (Optuna) can use it; in a multirun a crashed job writes a failed summary
+and returns NaN instead of stopping the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from lesionseg.callbacks import ThroughputMonitor
+from lesionseg.config import UsageError, check_overrides, exit_on_usage_error, register_resolvers, resolve_checkpoint
+from lesionseg.data.cases import DataError
+from lesionseg.module import SegmentationModule
+from lesionseg.summary import count_parameters, git_commit, plain_metrics, print_results, write_summary
+
+log = logging.getLogger("lesionseg.train")
+register_resolvers()
+KNOWN_ERRORS = (UsageError, DataError, FileNotFoundError)
+
+
+def instantiate_list(configs: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers), dropping Nones."""
+    if not configs:
+        return []
+    built = [hydra.utils.instantiate(config) for config in configs.values() if config is not None]
+    return [item for item in built if item is not None]
+
+
+def build_module(cfg: DictConfig, net: torch.nn.Module, output_dir: Path | None) -> SegmentationModule:
+    """The LightningModule for `cfg`, carrying the resolved config for `lesionseg.evaluate`."""
+    return SegmentationModule(
+        net=net,
+        loss=hydra.utils.instantiate(cfg.loss),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        num_classes=cfg.data.num_classes,
+        threshold=cfg.threshold,
+        cls_loss_weight=cfg.cls_loss_weight,
+        cls_pos_weight=cfg.get("cls_pos_weight"),
+        num_overlays=cfg.num_overlays,
+        output_dir=str(output_dir) if output_dir else None,
+        channels_last=cfg.channels_last,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def run_name(cfg: DictConfig, group: str, fallback: str) -> str:
+    """The option chosen for a config group (e.g. the model config name), as Hydra recorded it."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return str(choice)
+    return fallback
+
+
+def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
+    """Fit, test with the best checkpoint, write summary.json; return (optimised metric, summary)."""
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.get("resume_dir"), output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    augment = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None
+    datamodule = hydra.utils.instantiate(cfg.data, augment=augment)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    (output_dir / "split.json").write_text(json.dumps(datamodule.split, indent=2))
+
+    net = hydra.utils.instantiate(cfg.model)
+    if cfg.get("compile"):
+        net = torch.compile(net)
+    module = build_module(cfg, net, output_dir)
+    throughput = ThroughputMonitor()
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=[*instantiate_list(cfg.get("callbacks")), throughput], logger=instantiate_list(cfg.get("logger")) or False
+    )
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"params": count_parameters(net), "config": OmegaConf.to_container(cfg, resolve=True)})
+
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_metrics = plain_metrics(trainer.callback_metrics)
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    test_metrics: dict[str, float] = {}
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule, ckpt_path=best_path or (ckpt_path if not cfg.train else None))
+        test_metrics = plain_metrics(trainer.callback_metrics, "test/")
+
+    best_score = checkpoint.best_model_score if checkpoint is not None else None
+    optimized = float(best_score) if best_score is not None else fit_metrics.get(cfg.optimized_metric)
+    summary = {
+        "status": "ok",
+        "model": run_name(cfg, "model", cfg.model._target_.rsplit(".", 1)[-1]),
+        "data": cfg.data.get("name", run_name(cfg, "data", "unknown")),
+        "experiment": run_name(cfg, "experiment", None) if HydraConfig.initialized() else None,
+        "fold": cfg.data.get("fold"),
+        "seed": cfg.seed,
+        "params": count_parameters(net),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "best_checkpoint": best_path,
+        "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint is not None and checkpoint.dirpath else None,
+        "resumed_from": ckpt_path,
+        "optimized_metric": cfg.optimized_metric,
+        "best_val": {cfg.optimized_metric: optimized},
+        "last_val": {key: value for key, value in fit_metrics.items() if key.startswith("val/")},
+        "test": {key.removeprefix("test/subject_"): value for key, value in test_metrics.items() if key.startswith("test/subject_")},
+        "test_slice": {key: value for key, value in test_metrics.items() if not key.startswith("test/subject_")},
+        "throughput_img_s": fit_metrics.get("train/images_per_s"),
+        "wall_time_s": time.perf_counter() - started,
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "run_dir": str(output_dir),
+        "tags": list(cfg.get("tags") or []),
+        "precision": str(cfg.trainer.get("precision")),
+        "device": "cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu",
+    }
+    if trainer.is_global_zero:
+        write_summary(output_dir / "summary.json", summary)
+        print_results(summary)
+    return optimized, summary
+
+
+def write_failed_summary(cfg: DictConfig, error: BaseException) -> None:
+    """In a multirun, leave a trace of the crashed job for `lesionseg.compare` and the user."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "model": run_name(cfg, "model", "unknown"),
+        "data": run_name(cfg, "data", "unknown"),
+        "fold": cfg.data.get("fold"),
+        "seed": cfg.seed,
+        "run_dir": str(output_dir),
+    }
+    write_summary(output_dir / "summary.json", summary)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        optimized, _ = train(cfg)
+        return optimized
+    except KNOWN_ERRORS as error:
+        if multirun:
+            log.error("job %s failed: %s", HydraConfig.get().job.num, error)
+            write_failed_summary(cfg, error)
+            return math.nan
+        exit_on_usage_error(str(error))
+    except Exception as error:  # a crashed sweep job must not lose the other jobs' results
+        if not multirun:
+            raise
+        log.exception("job %s crashed", HydraConfig.get().job.num)
+        write_failed_summary(cfg, error)
+        return math.nan
+    return None
+
+
+def cli() -> None:
+    """Check group overrides before Hydra (one-line errors), then run."""
+    register_resolvers()
+    try:
+        check_overrides(sys.argv[1:])
+    except UsageError as error:
+        exit_on_usage_error(str(error))
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -16,7 +16,7 @@ export HYDRA_FULL_ERROR ?= 0
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -x $(PY) || $(PYTHON) -m uv venv --quiet --python $(PYTHON) $(VENV)
 	VIRTUAL_ENV=$(VENV) $(PYTHON) -m uv pip install --quiet -e ".[dev]"
 	$(PY) -c "import torch, torchvision, timm, segmentation_models_pytorch; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"

@@ -14,13 +14,14 @@ in 3D) for every lesion count; the challenge uses it for the count difference bu
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
 from scipy import ndimage
+from torch import distributed as dist
 
 # Our metric name -> MONAI confusion-matrix metric name.
 OVERLAP_METRICS = {"dice": "f1 score", "iou": "threat score", "precision": "precision", "recall": "recall"}
@@ -46,7 +47,8 @@ def subject_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     if pred.ndim != 3 or pred.shape != target.shape:
         raise ValueError(f"subject_metrics needs two 3D volumes of one shape, got {pred.shape} and {target.shape}")
 
-    confusion = get_confusion_matrix(torch.from_numpy(pred)[None, None], torch.from_numpy(target)[None, None])
+    # MONAI wants (batch, channel, *spatial) float tensors (boolean ones give wrong counts).
+    confusion = get_confusion_matrix(torch.from_numpy(pred)[None, None].float(), torch.from_numpy(target)[None, None].float())
     metrics = {}
     for name, monai_name in OVERLAP_METRICS.items():
         value = compute_confusion_matrix_metric(monai_name, confusion).item()
@@ -72,13 +74,27 @@ def _lesion_f1(pred_lesions: np.ndarray, num_pred: int, target_lesions: np.ndarr
     return true_positives / (true_positives + (false_positives + false_negatives) / 2)
 
 
+def summarize_subjects(per_subject: pd.DataFrame) -> dict[str, float]:
+    """Mean of each metric over subjects, and `<metric>_std` (sample std, NaN for one subject)."""
+    if per_subject.empty:
+        raise ValueError("summarize_subjects needs at least one subject row, got none")
+    metrics = per_subject[list(METRIC_NAMES)]
+    means = metrics.mean()
+    stds = metrics.std(ddof=1)
+    return {
+        **{name: float(means[name]) for name in METRIC_NAMES},
+        **{f"{name}_std": float(stds[name]) for name in METRIC_NAMES},
+    }
+
+
 class SubjectAccumulator:
     """Collects slice predictions per subject and scores the rebuilt 3D volumes.
 
     Slices may arrive in any order and across batches; they are kept as boolean numpy arrays.
-    Each rank can hold its own accumulator: `compute()` rows of several ranks concatenate into one
-    DataFrame for `summary`.
+    In a multi-rank run each rank fills its own accumulator and `gathered()` joins them.
     """
+
+    summary = staticmethod(summarize_subjects)
 
     def __init__(self) -> None:
         self._slices: dict[str, list[tuple[int, np.ndarray, np.ndarray | None]]] = defaultdict(list)
@@ -91,17 +107,42 @@ class SubjectAccumulator:
         target: torch.Tensor | None = None,
     ) -> None:
         """Store a batch: `pred` (B, H, W) bool or 0/1, `target` (B, H, W) or None; nonzero = lesion."""
-        if not len(subjects) == len(slice_index) == len(pred) or (target is not None and len(target) != len(pred)):
-            target_size = None if target is None else len(target)
+        if pred.ndim != 3 or (target is not None and target.shape != pred.shape):
+            target_shape = None if target is None else tuple(target.shape)
+            raise ValueError(f"add() needs pred and target of shape (B, H, W), got {tuple(pred.shape)} and {target_shape}")
+        if not len(subjects) == len(slice_index) == len(pred):
             raise ValueError(
-                f"add() needs one subject, slice index, prediction (and target) per item, got "
-                f"{len(subjects)}, {len(slice_index)}, {len(pred)}, {target_size}"
+                f"add() needs one subject and slice index per prediction, got {len(subjects)} subjects, "
+                f"{len(slice_index)} slice indices, {len(pred)} predictions"
             )
         pred_slices = pred.detach().cpu().numpy().astype(bool)
         target_slices = None if target is None else target.detach().cpu().numpy().astype(bool)
         for item, (subject, index) in enumerate(zip(subjects, slice_index.tolist(), strict=True)):
             target_slice = None if target_slices is None else target_slices[item]
             self._slices[subject].append((int(index), pred_slices[item], target_slice))
+
+    @classmethod
+    def merged(cls, accumulators: Iterable[SubjectAccumulator]) -> SubjectAccumulator:
+        """One accumulator with the slices of all `accumulators`.
+
+        A slice index that an earlier accumulator already holds for the subject is skipped: a
+        distributed test sampler pads ranks with repeated slices. Repeats within one accumulator
+        are kept, so `volumes()` still reports them.
+        """
+        merged = cls()
+        for accumulator in accumulators:
+            for subject, slices in accumulator._slices.items():
+                held = {index for index, _, _ in merged._slices[subject]}
+                merged._slices[subject].extend(item for item in slices if item[0] not in held)
+        return merged
+
+    def gathered(self) -> SubjectAccumulator:
+        """Every rank's slices, on every rank; itself when the run is not distributed."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self
+        accumulators: list[SubjectAccumulator | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(accumulators, self)
+        return self.merged(accumulator for accumulator in accumulators if accumulator is not None)
 
     def volumes(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """Each subject's (pred, target) volumes (Z, H, W) stacked by slice index; target None if unlabelled."""
@@ -138,16 +179,3 @@ class SubjectAccumulator:
                 raise ValueError(f"subject {subject!r} has no target: cannot compute metrics")
             rows.append({"subject": subject, **subject_metrics(pred, target)})
         return pd.DataFrame(rows, columns=["subject", *METRIC_NAMES])
-
-    @staticmethod
-    def summary(per_subject: pd.DataFrame) -> dict[str, float]:
-        """Mean of each metric over subjects, and `<metric>_std` (sample std, NaN for one subject)."""
-        if per_subject.empty:
-            raise ValueError("summary needs at least one subject row, got none")
-        metrics = per_subject[list(METRIC_NAMES)]
-        means = metrics.mean()
-        stds = metrics.std(ddof=1)
-        return {
-            **{name: float(means[name]) for name in METRIC_NAMES},
-            **{f"{name}_std": float(stds[name]) for name in METRIC_NAMES},
-        }

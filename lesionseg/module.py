@@ -35,6 +35,7 @@ from torchmetrics.classification import (
 
 from lesionseg.evaluation import SubjectAccumulator, summarize_subjects
 from lesionseg.overlays import OverlaySample, log_overlays
+from lesionseg.postprocess import LesionCleanup, flip_tta
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -95,6 +96,8 @@ class SegmentationModule(L.LightningModule):
         num_overlays: int = 4,
         output_dir: str | None = None,
         channels_last: bool = False,
+        tta_flips: list[list[int]] | None = None,
+        cleanup: LesionCleanup | None = None,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -110,8 +113,10 @@ class SegmentationModule(L.LightningModule):
         self.num_overlays = num_overlays
         self.output_dir = Path(output_dir) if output_dir else None
         self.channels_last = channels_last
+        self.tta_flips = [list(dims) for dims in tta_flips or []]
+        self.cleanup = cleanup if cleanup is not None and cleanup.active else None
         self.run_config = run_config
-        self.metrics = nn.ModuleDict({stage: slice_metrics(num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")})
+        self.metrics = nn.ModuleDict({f"{stage}_": slice_metrics(num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")})
         self.test_subjects = SubjectAccumulator()
         self.test_subject_table: pd.DataFrame | None = None
         self.test_subject_summary: dict[str, float] = {}
@@ -127,24 +132,36 @@ class SegmentationModule(L.LightningModule):
         """Per-class probabilities: sigmoid for a binary mask, softmax otherwise."""
         return torch.sigmoid(seg_logits) if self.num_classes == 1 else torch.softmax(seg_logits, dim=1)
 
-    def predict_mask(self, seg_logits: torch.Tensor) -> torch.Tensor:
-        """Class-index mask (B, H, W): sigmoid > threshold when binary, argmax otherwise."""
-        if self.num_classes == 1:
-            return (torch.sigmoid(seg_logits[:, 0].float()) > self.threshold).long()
-        return seg_logits.argmax(dim=1)
+    def predict_mask(self, seg_logits: torch.Tensor, refine: bool = False) -> torch.Tensor:
+        """Class-index mask (B, H, W): sigmoid > threshold when binary, argmax otherwise.
+
+        `refine` applies the configured component clean-up (binary masks; test and predict only).
+        """
+        if self.num_classes > 1:
+            return seg_logits.argmax(dim=1)
+        mask = (torch.sigmoid(seg_logits[:, 0].float()) > self.threshold).long()
+        return self.cleanup(mask) if refine and self.cleanup is not None else mask
+
+    def inference_logits(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Segmentation logits with the configured flip TTA, and the classifier logits if any."""
+        seg_logits, cls_logits = split_output(self(image))
+        if self.tta_flips:
+            seg_logits = flip_tta(lambda x: split_output(self(x))[0], image, self.tta_flips, seg_logits)
+        return seg_logits, cls_logits
 
     # ---------------------------------------------------------------- steps
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image, mask = batch["image"], batch["mask"]
-        seg_logits, cls_logits = split_output(self(image))
+        inference = stage == "test"
+        seg_logits, cls_logits = self.inference_logits(image) if inference else split_output(self(image))
         loss = self.loss(seg_logits, mask)
         if cls_logits is not None:
             has_lesion = (mask > 0).flatten(1).any(dim=1, keepdim=True).to(cls_logits.dtype)
             cls_loss = self.cls_loss(cls_logits.float(), has_lesion.float())
             self.log(f"{stage}/cls_loss", cls_loss, on_step=False, on_epoch=True, batch_size=len(image), sync_dist=True)
             loss = loss + self.cls_loss_weight * cls_loss
-        prediction = self.predict_mask(seg_logits)
-        self.metrics[stage].update(prediction, mask)
+        prediction = self.predict_mask(seg_logits, refine=inference)
+        self.metrics[f"{stage}_"].update(prediction, mask)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(image), sync_dist=True)
         return loss, prediction, seg_logits
@@ -162,16 +179,21 @@ class SegmentationModule(L.LightningModule):
         self.test_subjects.add(batch["subject"], batch["slice_index"], prediction > 0, batch["mask"] > 0)
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        seg_logits, cls_logits = split_output(self(batch["image"]))
-        output = {"subject": batch["subject"], "slice_index": batch["slice_index"], "probabilities": self.probabilities(seg_logits)}
+        seg_logits, cls_logits = self.inference_logits(batch["image"])
+        output = {
+            "subject": batch["subject"],
+            "slice_index": batch["slice_index"],
+            "probabilities": self.probabilities(seg_logits),
+            "mask": self.predict_mask(seg_logits, refine=True),
+        }
         if cls_logits is not None:
             output["cls_probability"] = torch.sigmoid(cls_logits)
         return output
 
     # ---------------------------------------------------------------- epoch ends
     def _log_epoch_metrics(self, stage: str) -> None:
-        self.log_dict(self.metrics[stage].compute(), prog_bar=stage == "val", sync_dist=True)
-        self.metrics[stage].reset()
+        self.log_dict(self.metrics[f"{stage}_"].compute(), prog_bar=stage == "val", sync_dist=True)
+        self.metrics[f"{stage}_"].reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")

@@ -29,6 +29,7 @@ from lesionseg.callbacks import ThroughputMonitor
 from lesionseg.config import UsageError, check_overrides, exit_on_usage_error, register_resolvers, resolve_checkpoint
 from lesionseg.data.cases import DataError
 from lesionseg.module import SegmentationModule
+from lesionseg.postprocess import LesionCleanup
 from lesionseg.summary import count_parameters, git_commit, plain_metrics, print_results, write_summary
 
 log = logging.getLogger("lesionseg.train")
@@ -58,17 +59,10 @@ def build_module(cfg: DictConfig, net: torch.nn.Module, output_dir: Path | None)
         num_overlays=cfg.num_overlays,
         output_dir=str(output_dir) if output_dir else None,
         channels_last=cfg.channels_last,
+        tta_flips=cfg.inference.tta_flips,
+        cleanup=LesionCleanup(cfg.inference.keep_largest, cfg.inference.min_size),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
-
-
-def run_name(cfg: DictConfig, group: str, fallback: str) -> str:
-    """The option chosen for a config group (e.g. the model config name), as Hydra recorded it."""
-    if HydraConfig.initialized():
-        choice = HydraConfig.get().runtime.choices.get(group)
-        if choice:
-            return str(choice)
-    return fallback
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
@@ -110,9 +104,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     optimized = float(best_score) if best_score is not None else fit_metrics.get(cfg.optimized_metric)
     summary = {
         "status": "ok",
-        "model": run_name(cfg, "model", cfg.model._target_.rsplit(".", 1)[-1]),
-        "data": cfg.data.get("name", run_name(cfg, "data", "unknown")),
-        "experiment": run_name(cfg, "experiment", None) if HydraConfig.initialized() else None,
+        "model": cfg.model_name,
+        "data": cfg.data.name,
+        "experiment": cfg.experiment_name,
         "fold": cfg.data.get("fold"),
         "seed": cfg.seed,
         "params": count_parameters(net),
@@ -147,8 +141,8 @@ def write_failed_summary(cfg: DictConfig, error: BaseException) -> None:
     summary = {
         "status": "failed",
         "error": f"{type(error).__name__}: {error}",
-        "model": run_name(cfg, "model", "unknown"),
-        "data": run_name(cfg, "data", "unknown"),
+        "model": cfg.model_name,
+        "data": cfg.data.name,
         "fold": cfg.data.get("fold"),
         "seed": cfg.seed,
         "run_dir": str(output_dir),

@@ -32,13 +32,14 @@ SLICE_NAME = re.compile(r"^(?P<prefix>.+)_(?P<number>\d+)\.tif$")
 MASK_SUFFIX = "_mask"
 # Lesion intensity per channel (white matter = 110): pre-contrast dark, FLAIR bright, post-contrast mid.
 LGG_LESION_INTENSITIES = (60.0, 170.0, 95.0)
-EXPECTED = "<root>[/kaggle_3m]/<patient>/<patient>_<N>.tif with <patient>_<N>_mask.tif"
+LOOKS_FOR = "the LGG kaggle_3m layout (<root>[/kaggle_3m]/<patient>/<patient>_<N>.tif with <patient>_<N>_mask.tif)"
 
 
 class LggLayout:
     """Kaggle LGG MRI (kaggle_3m): one patient folder per subject, one RGB TIFF + mask per slice."""
 
     name = "lgg"
+    looks_for = LOOKS_FOR
 
     @staticmethod
     def dataset_folder(root: Path) -> Path:
@@ -53,10 +54,10 @@ class LggLayout:
     def find(self, root: Path) -> list[Case]:
         folder = self.dataset_folder(root)
         if not folder.is_dir():
-            raise DataError(f"{root}: data.root is not a folder (looked for the LGG layout {EXPECTED})")
+            raise DataError(f"{root}: not a folder; looked for {LOOKS_FOR}")
         cases = [case for patient in sorted(folder.iterdir()) if patient.is_dir() for case in self._patient(patient)]
         if not cases:
-            raise DataError(f"{root}: no LGG patients found (looked for the LGG layout {EXPECTED})")
+            raise DataError(f"{root}: no LGG patients found; looked for {LOOKS_FOR}")
         return cases
 
     @staticmethod

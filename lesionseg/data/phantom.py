@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 WHITE_MATTER, GREY_MATTER, CSF = 110.0, 72.0, 28.0
@@ -25,11 +27,17 @@ class Phantom:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
-    """Gaussian-smoothed white noise with unit standard deviation (smoothed on a coarse grid for speed)."""
-    step = max(1, int(sigma // 2))
+    """Gaussian-smoothed white noise with unit standard deviation.
+
+    Smoothed on a grid coarser by about sigma/1.5 and linearly upsampled: same look, a fraction of the cost.
+    """
+    step = max(1, round(sigma / 1.5))
     coarse = rng.standard_normal([-(-n // step) + 1 for n in shape]).astype(np.float32)
     field = ndimage.gaussian_filter(coarse, sigma / step, mode="reflect")
-    field = ndimage.zoom(field, [n / c for n, c in zip(shape, coarse.shape)], order=1, grid_mode=True, mode="nearest")
+    if step > 1:
+        mode = "bilinear" if len(shape) == 2 else "trilinear"
+        upsampled = F.interpolate(torch.from_numpy(field)[None, None], scale_factor=step, mode=mode)
+        field = upsampled[0, 0].numpy()
     field = field[tuple(slice(0, n) for n in shape)]
     return field / (field.std() + 1e-8)
 
@@ -85,12 +93,11 @@ def phantom(
     image[ventricles] = CSF
 
     mask = np.zeros(shape, dtype=bool)
-    roughness = _smooth_noise(rng, shape, sigma / 3)
     eligible = np.argwhere((outline < 0.72) & ~ndimage.binary_dilation(ventricles, iterations=3))
     size = min(shape[:2])
     for _ in range(int(rng.integers(num_lesions[0], num_lesions[1] + 1))):
         lesion_centre = eligible[rng.integers(len(eligible))].astype(np.float32)
-        blob = _lesion(rng, shape, lesion_centre, rng.uniform(*lesion_radius) * size, roughness) & brain
+        blob = _lesion(rng, shape, lesion_centre, rng.uniform(*lesion_radius) * size, texture) & brain
         mask |= blob
     core = ndimage.gaussian_filter(mask.astype(np.float32), 0.7)
     image = image * (1 - core) + (lesion_intensity + 8.0 * texture) * core

@@ -7,6 +7,7 @@ per-volume max or brain z-score normalisation, percentile clipping, pad or resiz
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -47,15 +48,16 @@ class Preprocess:
             raise ValueError(f"preprocess.clip_percentiles={self.clip_percentiles}: need 0 <= low < high <= 100")
 
     @classmethod
-    def from_config(cls, options: dict | None) -> "Preprocess":
+    def from_config(cls, options: Mapping | None) -> "Preprocess":
         """Build from the `data.preprocess` mapping (lists become tuples; unknown keys are an error)."""
         options = dict(options or {})
         unknown = set(options) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"data.preprocess: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
 
-        def as_tuple(value):  # nested lists from YAML -> hashable tuples
-            return tuple(as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+        def as_tuple(value):  # nested lists from YAML (or OmegaConf ListConfig) -> hashable tuples
+            is_list = isinstance(value, Sequence) and not isinstance(value, str)
+            return tuple(as_tuple(v) for v in value) if is_list else value
 
         return cls(**{key: as_tuple(value) for key, value in options.items()})
 

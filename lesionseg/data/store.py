@@ -1,7 +1,7 @@
 """The slice store: every case decoded once into memory-mapped `.npy` files in the cache.
 
-Entries live in `<cache_dir>/store/<dataset name>/<key>/`, where the key hashes the layout and the
-preprocessing parameters, and each subject's entry records the (path, size, mtime) of its source
+Entries live in `<cache_dir>/store/<dataset name>/<key>/`, where the key hashes the dataset root, the
+layout and the preprocessing parameters, and each subject's entry records the (path, size, mtime) of its source
 files: changing a preprocessing parameter opens a new folder, changing a source file rebuilds that
 subject only. Every file is written to a temporary name in the same folder and moved into place with
 `os.replace`, the subject's `.json` last, so a reader never sees a half-written entry and two
@@ -105,12 +105,13 @@ def _write_atomic(path: Path, write: Callable[[object], None]) -> None:
 
 
 class SliceStore:
-    """Decoded, preprocessed, validated cases of one dataset under one preprocessing."""
+    """Decoded, preprocessed, validated cases of one dataset root under one preprocessing."""
 
     def __init__(
         self,
         cache_dir: str | Path,
         name: str,
+        source: str | Path,
         layout: Layout,
         preprocess: Preprocess,
         strict_masks: bool = False,
@@ -120,6 +121,7 @@ class SliceStore:
         self.strict_masks = strict_masks
         parameters = {
             "version": STORE_VERSION,
+            "source": str(Path(source).expanduser().resolve()),
             "layout": _layout_parameters(layout),
             "preprocess": preprocess.fingerprint(),
         }

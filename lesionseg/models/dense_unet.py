@@ -10,9 +10,10 @@ conv-BN-ReLU to 768/384/96/96 channels; the fifth upsamples to full resolution a
 3x3 conv (64) -> dropout 0.3 -> BN -> ReLU; a 1x1 conv gives the logits. Decoder convs keep their
 bias as Keras does by default.
 
-With 1 input channel and 1 class: 49,504,209 parameters, 1.0% under the 50.0M of X-Net's Table 1.
-The Keras encoder follows every BatchNorm with a `Scale` layer, a second learned per-channel affine
-(its gamma/beta add 0.37M if counted); a PyTorch BatchNorm has one, which changes no function.
+With 1 input channel and 1 class: 49,518,305 parameters (encoder 26,462,592, decoder 23,055,713),
+1.0% under the 50.0M of X-Net's Table 1. The Keras encoder follows every BatchNorm with a `Scale`
+layer, a second learned per-channel affine; counting its gamma/beta (219,936) gives 49,738,241.
+A PyTorch BatchNorm's own affine computes the same function, so we do not duplicate it.
 """
 
 from __future__ import annotations

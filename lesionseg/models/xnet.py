@@ -33,7 +33,7 @@ def keras_batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM)
 
 
-class ConvBNReLU(nn.Sequential):
+class KerasConvBNReLU(nn.Sequential):
     """Keras `conv2d_bn_relu`: k x k conv (with bias) -> BN -> ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
@@ -52,7 +52,7 @@ class SeparableConvBNReLU(nn.Sequential):
             nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False),
             keras_batch_norm(in_channels),
             nn.ReLU(inplace=True),
-            ConvBNReLU(in_channels, out_channels, kernel_size=1),
+            KerasConvBNReLU(in_channels, out_channels, kernel_size=1),
         )
 
 
@@ -61,7 +61,7 @@ class XBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.shortcut = ConvBNReLU(in_channels, out_channels, kernel_size=1)
+        self.shortcut = KerasConvBNReLU(in_channels, out_channels, kernel_size=1)
         self.body = nn.Sequential(
             SeparableConvBNReLU(in_channels, out_channels),
             SeparableConvBNReLU(out_channels, out_channels),
@@ -83,12 +83,12 @@ class FeatureSimilarityModule(nn.Module):
         super().__init__()
         reduced = channels // 8
         embedding = max(reduced // 2, 1)
-        self.reduce = ConvBNReLU(channels, reduced, kernel_size=3)
+        self.reduce = KerasConvBNReLU(channels, reduced, kernel_size=3)
         self.theta = nn.Conv2d(reduced, embedding, 1, bias=False)
         self.phi = nn.Conv2d(reduced, embedding, 1, bias=False)
         self.g = nn.Conv2d(reduced, embedding, 1, bias=False)
         self.project = nn.Conv2d(embedding, reduced, 1, bias=False)
-        self.expand = ConvBNReLU(reduced, channels, kernel_size=3)
+        self.expand = KerasConvBNReLU(reduced, channels, kernel_size=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reduced = self.reduce(x)
@@ -120,7 +120,7 @@ class XNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.fsm = FeatureSimilarityModule(widths[-1])
         self.ups = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), ConvBNReLU(widths[i + 1], widths[i], 3))
+            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), KerasConvBNReLU(widths[i + 1], widths[i], 3))
             for i in reversed(range(depth))
         )
         self.decoder = nn.ModuleList(XBlock(2 * widths[i], widths[i]) for i in reversed(range(depth)))

@@ -1,0 +1,112 @@
+"""End-to-end training on the built-in synthetic data (tiny, CPU-sized runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lesionseg.train import train
+
+# Small phantoms so each run takes seconds: 10 labelled subjects of 64x64x16 voxels.
+TINY_DATA = (
+    "data.num_training=10",
+    "data.num_testing=1",
+    "data.volume_shape=[64,64,16]",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "model.base_channels=8",
+    "logger=csv",
+)
+SUMMARY_FIELDS = {
+    "status", "model", "data", "fold", "seed", "params", "epochs", "best_val", "last_val", "test",
+    "test_slice", "throughput_img_s", "wall_time_s", "git_commit", "best_checkpoint", "last_checkpoint",
+}
+
+
+def run_cli(*arguments: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LESIONSEG_OUTPUTS": str(cwd / "outputs")}
+    return subprocess.run(
+        [sys.executable, "-m", "lesionseg.train", *arguments], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def test_fast_dev_run_default_model(train_config) -> None:
+    cfg = train_config("debug=fast_dev_run", *TINY_DATA[:3])
+    metric, summary = train(cfg)
+    assert summary["status"] == "ok"
+    assert summary["model"] == "unet_small" and summary["data"] == "synthetic"
+    assert summary["params"] > 1_000_000
+
+
+def test_short_run_lowers_loss_raises_dice_and_writes_the_run_folder(train_config) -> None:
+    cfg = train_config(*TINY_DATA, "trainer.max_epochs=4", "optimizer.lr=3e-3", "augment=none", "scheduler=none")
+    metric, summary = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    train_loss = metrics.dropna(subset=["train/loss_epoch"])["train/loss_epoch"].tolist()
+    val_dice = metrics.dropna(subset=["val/dice"])["val/dice"].tolist()
+    assert len(train_loss) == 4 and train_loss[-1] < 0.7 * train_loss[0]
+    assert val_dice[-1] > val_dice[0] + 0.1
+    assert metric == pytest.approx(max(val_dice), abs=1e-6)
+
+    written = json.loads((run / "summary.json").read_text())
+    assert SUMMARY_FIELDS <= set(written)
+    assert written["epochs"] == 4 and written["throughput_img_s"] > 0
+    assert {"dice", "iou", "precision", "recall"} <= set(written["test"])
+    assert (run / "checkpoints" / "last.ckpt").is_file() and Path(written["best_checkpoint"]).is_file()
+    assert sorted(p.name for p in (run / "overlays").glob("*.png"))
+    split = json.loads((run / "split.json").read_text())
+    assert not set(split["train"]) & set(split["val"]) and not set(split["test"]) & set(split["train"] + split["val"])
+    subjects = pd.read_csv(run / "test_subjects.csv")
+    assert sorted(subjects["subject"]) == sorted(split["test"])
+
+
+def test_checkpoint_resumes_in_another_run(train_config, tmp_path) -> None:
+    first_cfg = train_config(*TINY_DATA, "trainer.max_epochs=1", "test=false", "trainer.limit_train_batches=3")
+    _, first = train(first_cfg)
+    assert first["epochs"] == 1
+    resumed_cfg = train_config(
+        *TINY_DATA, "trainer.max_epochs=2", "test=false", "trainer.limit_train_batches=3", f"ckpt_path={first['last_checkpoint']}"
+    )
+    resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
+    _, second = train(resumed_cfg)
+    assert second["epochs"] == 2
+    assert second["global_step"] == 2 * first["global_step"]
+    assert second["resumed_from"] == first["last_checkpoint"]
+
+
+def test_wandb_offline_writes_a_run_folder_without_network(train_config, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = train_config("debug=fast_dev_run", *TINY_DATA[:3], "logger=wandb")
+    train(cfg)
+    runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    assert runs, "no offline wandb run folder written"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["model=nope"], "unknown model 'nope'; available:"),
+        (["data=atlas"], "data.root=None is not set"),
+        (["ckpt_path=/nonexistent/x.ckpt"], "checkpoint file not found: /nonexistent/x.ckpt"),
+    ],
+)
+def test_bad_command_line_gives_one_line_error(arguments: list[str], message: str, tmp_path) -> None:
+    result = run_cli(*arguments, cwd=tmp_path)
+    assert result.returncode != 0
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_and_cfg_job(tmp_path) -> None:
+    help_text = run_cli("--help", cwd=tmp_path)
+    assert help_text.returncode == 0 and "model: " in help_text.stdout
+    job = run_cli("--cfg", "job", "model=unet", cwd=tmp_path)
+    assert job.returncode == 0 and "lesionseg.models.unet.UNet" in job.stdout

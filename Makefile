@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(PY) -m lesionseg.train $(ARGS)
 
+# One torch thread per xdist worker: two workers x two threads on two cores thrash.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m lesionseg.bench models

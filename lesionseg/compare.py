@@ -66,22 +66,29 @@ def read_run(path: Path) -> dict[str, object]:
         not_averaged = "no test metrics"
     else:
         not_averaged = ""
-    return {
-        "method": f"{summary['model']} ({experiment})" if experiment else str(summary["model"]),
-        "data": str(summary.get("data") or ""),
-        "fold": summary.get("fold"),
-        "seed": summary.get("seed"),
-        **{metric: _number(test.get(metric)) for metric in METRICS},
-        "params": _number(summary.get("params")),
-        "throughput_img_s": _number(summary.get("throughput_img_s")),
-        "status": summary["status"],
-        "not_averaged": not_averaged,
-        "run_dir": str(path.parent),
-    }
+    try:
+        return {
+            "method": f"{summary['model']} ({experiment})" if experiment else str(summary["model"]),
+            "data": str(summary.get("data") or ""),
+            "fold": _integer(summary.get("fold")),
+            "seed": _integer(summary.get("seed")),
+            **{metric: _number(test.get(metric)) for metric in METRICS},
+            "params": _integer(summary.get("params")),
+            "throughput_img_s": _number(summary.get("throughput_img_s")),
+            "status": summary["status"],
+            "not_averaged": not_averaged,
+            "run_dir": str(path.parent),
+        }
+    except (TypeError, ValueError) as error:
+        raise SummaryError(f"{path}: a fold, seed, parameter count or metric is not a number ({error})") from error
 
 
 def _number(value: object) -> float:
     return math.nan if value is None else float(value)
+
+
+def _integer(value: object) -> int | None:
+    return None if value is None else int(value)
 
 
 def method_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -97,8 +104,8 @@ def method_table(runs: pd.DataFrame) -> pd.DataFrame:
         ],
         axis=1,
     ).reset_index()
-    columns = [*GROUP, "n", *(f"{name}_{stat}" for name in averaged[:-1] for stat in ("mean", "std")), "params"]
-    columns += ["throughput_img_s_mean", "throughput_img_s_std"]
+    statistics = [f"{name}_{statistic}" for name in METRICS for statistic in ("mean", "std")]
+    columns = [*GROUP, "n", *statistics, "params", "throughput_img_s_mean", "throughput_img_s_std"]
     return table[columns].sort_values(["data", "dice_mean"], ascending=[True, False], ignore_index=True)
 
 
@@ -117,7 +124,7 @@ def markdown(table: pd.DataFrame, not_averaged: pd.DataFrame) -> str:
         for row in table.to_dict("records")
     ]
     lines = [
-        "Per-subject 3D test metrics, mean ± std over n folds.",
+        "Test metrics per subject in 3D, averaged over a fold's test subjects; mean ± std over n folds.",
         "",
         *_markdown_rows([header, ["---"] * len(header), *rows]),
     ]
@@ -193,7 +200,7 @@ def fresh_output_dir(out: Path) -> Path:
 def compare(folders: Sequence[Path], out: Path | None = None) -> tuple[Path, str]:
     """Write the report for the runs below `folders`; return its folder and the Markdown table."""
     runs = pd.DataFrame([read_run(path) for path in find_summaries(folders)])
-    runs = runs.astype({"fold": "Int64", "seed": "Int64", "params": "Int64"})
+    runs = runs.astype({"fold": "Int64", "seed": "Int64", "params": "Int64"})  # integers with gaps
     averaged = runs[runs["not_averaged"] == ""]
     table = method_table(averaged)
     text = markdown(table, runs[runs["not_averaged"] != ""])
@@ -206,6 +213,7 @@ def compare(folders: Sequence[Path], out: Path | None = None) -> tuple[Path, str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit code (2 on bad input, after a one-line error)."""
     parser = argparse.ArgumentParser(prog="python -m lesionseg.compare", description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="multirun folder(s) or run folder(s)")
     parser.add_argument("--out", type=Path, help="report folder (default: <first folder>/compare)")

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import pandas as pd
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -33,6 +34,7 @@ from torchmetrics.classification import (
     MulticlassSpecificity,
 )
 
+from lesionseg.data.grid import predict_in_grid
 from lesionseg.evaluation import SubjectAccumulator, summarize_subjects
 from lesionseg.overlays import OverlaySample, log_overlays
 from lesionseg.postprocess import LesionCleanup, flip_tta
@@ -96,6 +98,7 @@ class SegmentationModule(L.LightningModule):
         num_overlays: int = 4,
         output_dir: str | None = None,
         channels_last: bool = False,
+        grid: int = 1,
         tta_flips: list[list[int]] | None = None,
         cleanup: LesionCleanup | None = None,
         run_config: dict[str, Any] | None = None,
@@ -113,6 +116,7 @@ class SegmentationModule(L.LightningModule):
         self.num_overlays = num_overlays
         self.output_dir = Path(output_dir) if output_dir else None
         self.channels_last = channels_last
+        self.grid = grid
         self.tta_flips = [list(dims) for dims in tta_flips or []]
         self.cleanup = cleanup if cleanup is not None and cleanup.active else None
         self.run_config = run_config
@@ -142,18 +146,25 @@ class SegmentationModule(L.LightningModule):
         mask = (torch.sigmoid(seg_logits[:, 0].float()) > self.threshold).long()
         return self.cleanup(mask) if refine and self.cleanup is not None else mask
 
+    def whole_slice_output(self, image: torch.Tensor) -> torch.Tensor | Mapping[str, torch.Tensor]:
+        """Model output for whole slices; a model trained on a KxK grid predicts tile by tile."""
+        return predict_in_grid(self, image, self.grid) if self.grid > 1 else self(image)
+
     def inference_logits(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Segmentation logits with the configured flip TTA, and the classifier logits if any."""
-        seg_logits, cls_logits = split_output(self(image))
+        seg_logits, cls_logits = split_output(self.whole_slice_output(image))
         if self.tta_flips:
-            seg_logits = flip_tta(lambda x: split_output(self(x))[0], image, self.tta_flips, seg_logits)
+            seg_logits = flip_tta(lambda x: split_output(self.whole_slice_output(x))[0], image, self.tta_flips, seg_logits)
         return seg_logits, cls_logits
 
     # ---------------------------------------------------------------- steps
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image, mask = batch["image"], batch["mask"]
         inference = stage == "test"
-        seg_logits, cls_logits = self.inference_logits(image) if inference else split_output(self(image))
+        if inference:
+            seg_logits, cls_logits = self.inference_logits(image)
+        else:
+            seg_logits, cls_logits = split_output(self(image) if stage == "train" else self.whole_slice_output(image))
         loss = self.loss(seg_logits, mask)
         if cls_logits is not None:
             has_lesion = (mask > 0).flatten(1).any(dim=1, keepdim=True).to(cls_logits.dtype)
@@ -161,7 +172,10 @@ class SegmentationModule(L.LightningModule):
             self.log(f"{stage}/cls_loss", cls_loss, on_step=False, on_epoch=True, batch_size=len(image), sync_dist=True)
             loss = loss + self.cls_loss_weight * cls_loss
         prediction = self.predict_mask(seg_logits, refine=inference)
-        self.metrics[f"{stage}_"].update(prediction, mask)
+        metrics = self.metrics[f"{stage}_"]
+        metrics.update(prediction, mask)
+        # Lightning computes, syncs across ranks and resets the metric objects at epoch end.
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(image))
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(image), sync_dist=True)
         return loss, prediction, seg_logits
@@ -191,18 +205,10 @@ class SegmentationModule(L.LightningModule):
         return output
 
     # ---------------------------------------------------------------- epoch ends
-    def _log_epoch_metrics(self, stage: str) -> None:
-        self.log_dict(self.metrics[f"{stage}_"].compute(), prog_bar=stage == "val", sync_dist=True)
-        self.metrics[f"{stage}_"].reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
-
     def on_validation_epoch_start(self) -> None:
         self._overlays = []
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
         if self._overlays and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             folder = self.output_dir / "overlays" if self.output_dir else None
             log_overlays(self._overlays, folder, self.current_epoch, self.loggers)
@@ -211,15 +217,18 @@ class SegmentationModule(L.LightningModule):
         self.test_subjects = SubjectAccumulator()
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
         self.test_subjects = self.test_subjects.gathered()
         table = self.test_subjects.compute()
         self.test_subject_table = table
         self.test_subject_summary = summarize_subjects(table)
         for name, value in self.test_subject_summary.items():
             self.log(f"test/subject_{name}", value, rank_zero_only=True)
-        if self.output_dir is not None and self.trainer.is_global_zero:
-            table.to_csv(self.output_dir / "test_subjects.csv", index=False)
+        if self.trainer.is_global_zero:
+            if self.output_dir is not None:
+                table.to_csv(self.output_dir / "test_subjects.csv", index=False)
+            for logger in self.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_table("test/subjects", dataframe=table)
 
     def _collect_overlays(self, batch: Mapping[str, Any], prediction: torch.Tensor) -> None:
         """Keep the first few validation slices that show a lesion (or a predicted one)."""

@@ -38,11 +38,36 @@ KNOWN_ERRORS = (UsageError, DataError, FileNotFoundError)
 
 
 def instantiate_list(configs: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a dict-of-configs group (callbacks, loggers), dropping Nones."""
+    """Instantiate every entry of a dict-of-configs group (callbacks), dropping Nones."""
     if not configs:
         return []
     built = [hydra.utils.instantiate(config) for config in configs.values() if config is not None]
     return [item for item in built if item is not None]
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """Loggers from `cfg.logger`; wandb runs are grouped (experiment or sweep) and tagged for comparison.
+
+    Tags name the model, data and fold so a dashboard can filter and compare runs; the group is the
+    configured one, else the experiment, else the multirun folder, so a sweep's jobs sit together.
+    """
+    loggers = []
+    for name, config in (cfg.get("logger") or {}).items():
+        if config is None:
+            continue
+        extra: dict[str, Any] = {}
+        if config.get("_target_", "").endswith("WandbLogger"):
+            extra["tags"] = [*(config.get("tags") or []), f"model:{cfg.model_name}", f"data:{cfg.data.name}", f"fold:{cfg.data.get('fold')}"]
+            extra["group"] = config.get("group") or cfg.get("experiment_name") or sweep_name()
+        loggers.append(hydra.utils.instantiate(config, **extra))
+    return loggers
+
+
+def sweep_name() -> str | None:
+    """The multirun folder's name (its timestamp) when this job is part of a sweep."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return "sweep-" + Path(HydraConfig.get().sweep.dir).name
+    return None
 
 
 def build_module(cfg: DictConfig, net: torch.nn.Module, output_dir: Path | None) -> SegmentationModule:
@@ -59,6 +84,7 @@ def build_module(cfg: DictConfig, net: torch.nn.Module, output_dir: Path | None)
         num_overlays=cfg.num_overlays,
         output_dir=str(output_dir) if output_dir else None,
         channels_last=cfg.channels_last,
+        grid=cfg.data.get("grid", 1),
         tta_flips=cfg.inference.tta_flips,
         cleanup=LesionCleanup(cfg.inference.keep_largest, cfg.inference.min_size),
         run_config=OmegaConf.to_container(cfg, resolve=True),
@@ -68,6 +94,8 @@ def build_module(cfg: DictConfig, net: torch.nn.Module, output_dir: Path | None)
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit, test with the best checkpoint, write summary.json; return (optimised metric, summary)."""
     started = time.perf_counter()
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise UsageError(f"data.root is not set: pass data.root=<folder of the {cfg.data.name} dataset>")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.get("resume_dir"), output_dir)
@@ -85,7 +113,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     module = build_module(cfg, net, output_dir)
     throughput = ThroughputMonitor()
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=[*instantiate_list(cfg.get("callbacks")), throughput], logger=instantiate_list(cfg.get("logger")) or False
+        cfg.trainer, callbacks=[*instantiate_list(cfg.get("callbacks")), throughput], logger=build_loggers(cfg) or False
     )
     for logger in trainer.loggers:
         logger.log_hyperparams({"params": count_parameters(net), "config": OmegaConf.to_container(cfg, resolve=True)})
@@ -110,8 +138,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         "fold": cfg.data.get("fold"),
         "seed": cfg.seed,
         "params": count_parameters(net),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
+        **training_progress(trainer, checkpoint),
         "best_checkpoint": best_path,
         "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint is not None and checkpoint.dirpath else None,
         "resumed_from": ckpt_path,
@@ -132,6 +159,16 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         write_summary(output_dir / "summary.json", summary)
         print_results(summary)
     return optimized, summary
+
+
+def training_progress(trainer: L.Trainer, checkpoint: Any) -> dict[str, int]:
+    """Completed epochs and optimiser steps; read from last.ckpt when fit ran in spawned processes."""
+    epochs, steps = trainer.current_epoch, trainer.global_step
+    last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint is not None and checkpoint.dirpath else None
+    if epochs == 0 and last is not None and last.is_file():
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+        epochs, steps = saved["epoch"] + 1, saved["global_step"]
+    return {"epochs": epochs, "global_step": steps}
 
 
 def write_failed_summary(cfg: DictConfig, error: BaseException) -> None:

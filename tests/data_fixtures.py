@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import shutil
+
 import pytest
 
 from lesionseg.data.atlas import AtlasLayout
@@ -17,10 +19,15 @@ TINY_SHAPE = (24, 28, 6)
 NUM_TRAINING, NUM_TESTING = 8, 2
 
 
+@pytest.fixture(scope="session")
+def pristine_r2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_atlas_r2(tmp_path_factory.mktemp("r2") / "ATLAS_2", NUM_TRAINING, NUM_TESTING, TINY_SHAPE, seed=1)
+
+
 @pytest.fixture
-def r2_root(tmp_path: Path) -> Path:
-    """An ATLAS R2.0 tree with 8 labelled Training/ and 2 unlabelled Testing/ subjects."""
-    return write_atlas_r2(tmp_path / "ATLAS_2", NUM_TRAINING, NUM_TESTING, TINY_SHAPE, seed=1)
+def r2_root(pristine_r2: Path, tmp_path: Path) -> Path:
+    """A private copy of an ATLAS R2.0 tree: 8 labelled Training/ and 2 unlabelled Testing/ subjects."""
+    return Path(shutil.copytree(pristine_r2, tmp_path / "ATLAS_2"))
 
 
 @pytest.fixture

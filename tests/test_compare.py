@@ -31,8 +31,14 @@ def write_summary(folder: Path, **summary: object) -> None:
 def ok_summary(model: str, experiment: str | None, fold: int, params: int, values: tuple[float, ...]) -> dict:
     dice, iou, precision, recall, throughput = values
     return {
-        "status": "ok", "model": model, "data": "synthetic", "experiment": experiment, "fold": fold, "seed": 42,
-        "params": params, "throughput_img_s": throughput,
+        "status": "ok",
+        "model": model,
+        "data": "synthetic",
+        "experiment": experiment,
+        "fold": fold,
+        "seed": 42,
+        "params": params,
+        "throughput_img_s": throughput,
         "test": {"dice": dice, "iou": iou, "precision": precision, "recall": recall, "dice_std": 0.1},
     }
 
@@ -41,13 +47,21 @@ def ok_summary(model: str, experiment: str | None, fold: int, params: int, value
 def multirun(tmp_path: Path) -> Path:
     """2 methods x 3 folds, one crashed job and one run without a test phase."""
     root = tmp_path / "multirun"
+    methods = [("unet_small", None, 1_946_129, UNET_FOLDS), ("xnet", "xnet_atlas", 310_000, XNET_FOLDS)]
     job = 0
-    for model, experiment, params, folds in (("unet_small", None, 1_946_129, UNET_FOLDS), ("xnet", "xnet_atlas", 310_000, XNET_FOLDS)):
+    for model, experiment, params, folds in methods:
         for fold, values in enumerate(folds):
             write_summary(root / str(job) / "nested", **ok_summary(model, experiment, fold, params, values))
             job += 1
-    write_summary(root / "6", status="failed", error="RuntimeError: out of memory\nTraceback ...", model="unet_small",
-                  data="synthetic", fold=3, seed=42)
+    write_summary(
+        root / "6",
+        status="failed",
+        error="RuntimeError: out of memory\nTraceback ...",
+        model="unet_small",
+        data="synthetic",
+        fold=3,
+        seed=42,
+    )
     untested = ok_summary("xnet", "xnet_atlas", 3, 310_000, XNET_FOLDS[0])
     write_summary(root / "7", **{**untested, "test": {}})
     return root
@@ -71,8 +85,12 @@ def test_table_averages_folds_and_lists_failed_runs_apart(multirun: Path, capsys
 
     markdown = (report / "table.md").read_text(encoding="utf-8")
     assert "| Method | Data | n | Dice | IoU | Precision | Recall | #Params | Images/s |" in markdown
-    assert "| unet_small | synthetic | 3 | 0.800 ± 0.100 | 0.600 ± 0.100 | 0.850 ± 0.050 | 0.700 ± 0.100 | 1.95M | 42.0 ± 2.0 |" in markdown
-    assert "| xnet (xnet_atlas) | synthetic | 3 | 0.650 ± 0.050 | 0.450 ± 0.050 | 0.700 ± 0.000 | 0.550 ± 0.050 | 310K | 110.0 ± 10.0 |" in markdown
+    unet_row = "| unet_small | synthetic | 3 | 0.800 ± 0.100 | 0.600 ± 0.100 | 0.850 ± 0.050 | 0.700 ± 0.100 | 1.95M |"
+    xnet_row = (
+        "| xnet (xnet_atlas) | synthetic | 3 | 0.650 ± 0.050 | 0.450 ± 0.050 | 0.700 ± 0.000 | 0.550 ± 0.050 | 310K |"
+    )
+    assert f"{unet_row} 42.0 ± 2.0 |" in markdown
+    assert f"{xnet_row} 110.0 ± 10.0 |" in markdown
     not_averaged = markdown.split("Not averaged")[1]
     assert f"| unet_small | synthetic | 3 | RuntimeError: out of memory | {multirun / '6'} |" in not_averaged
     assert f"| xnet (xnet_atlas) | synthetic | 3 | no test metrics | {multirun / '7'} |" in not_averaged
@@ -93,11 +111,18 @@ def test_existing_report_is_kept_and_a_new_one_goes_to_a_timestamped_subfolder(m
     assert (out / "notes.md").read_text() == "mine"
     [subfolder] = [path for path in out.iterdir() if path.is_dir()]
     assert subfolder.name[:8].isdigit()
-    assert sorted(path.name for path in subfolder.iterdir()) == ["dice_per_fold.png", "runs.csv", "table.csv", "table.md"]
+    assert sorted(path.name for path in subfolder.iterdir()) == [
+        "dice_per_fold.png",
+        "runs.csv",
+        "table.csv",
+        "table.md",
+    ]
     assert pd.read_csv(subfolder / "table.csv")["n"].tolist() == [2]
 
 
-def test_folder_without_summaries_is_a_one_line_error(multirun: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_folder_without_summaries_is_a_one_line_error(
+    multirun: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(multirun), str(empty)]) == 2
@@ -106,10 +131,21 @@ def test_folder_without_summaries_is_a_one_line_error(multirun: Path, tmp_path: 
     assert not (multirun / "compare").exists()
 
 
-def test_unreadable_summary_is_an_error_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{not json", "unreadable summary"),
+        ("[1, 2]", "not a run summary (needs 'status' and 'model')"),
+        ('{"status": "ok", "model": "unet", "fold": 0, "test": {"dice": "high"}}', "is not a number"),
+    ],
+)
+def test_bad_summary_is_a_one_line_error_naming_the_file(
+    text: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "summary.json").write_text("{not json")
+    (tmp_path / "run" / "summary.json").write_text(text)
     assert main([str(tmp_path)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"lesionseg.compare: error: {tmp_path / 'run' / 'summary.json'}: unreadable summary")
+    assert error.startswith(f"lesionseg.compare: error: {tmp_path / 'run' / 'summary.json'}: ")
+    assert problem in error
     assert error.count("\n") == 1

@@ -9,7 +9,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from data_fixtures import NUM_TESTING, NUM_TRAINING, TINY_SHAPE, atlas_module, r1_root, r2_root, store_files  # noqa: F401
+from data_fixtures import (  # noqa: F401  (fixtures)
+    NUM_TESTING,
+    NUM_TRAINING,
+    TINY_SHAPE,
+    atlas_module,
+    pristine_r2,
+    r1_root,
+    r2_root,
+    store_files,
+)
 
 from lesionseg.data.atlas import AtlasLayout
 from lesionseg.data.cases import DataError

@@ -196,7 +196,9 @@ def test_merging_ranks_drops_sampler_padding_repeats() -> None:
 
     def send(rank: int, subject: str, index: int) -> None:
         pred, target = subjects[subject]
-        ranks[rank].add([subject], torch.tensor([index]), torch.from_numpy(pred[[index]]), torch.from_numpy(target[[index]]))
+        ranks[rank].add(
+            [subject], torch.tensor([index]), torch.from_numpy(pred[[index]]), torch.from_numpy(target[[index]])
+        )
 
     for subject, (pred, _) in subjects.items():
         for index in range(len(pred)):
@@ -218,3 +220,20 @@ def test_gathered_without_distributed_run_is_the_same_accumulator() -> None:
     accumulator = SubjectAccumulator()
     add_slices(accumulator, "sub-a", [0])
     assert accumulator.gathered() is accumulator
+
+
+def test_gathered_joins_the_accumulators_of_every_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ranks, simulated: all_gather_object hands each rank both accumulators."""
+    this_rank, other_rank = SubjectAccumulator(), SubjectAccumulator()
+    add_slices(this_rank, "sub-a", [0, 2])
+    add_slices(other_rank, "sub-a", [1, 0])  # slice 0 again: sampler padding
+    add_slices(other_rank, "sub-b", [0])
+
+    def all_gather_object(gathered: list, sent: SubjectAccumulator) -> None:
+        gathered[:] = [sent, other_rank]
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    volumes = this_rank.gathered().volumes()
+    assert {subject: pred.shape for subject, (pred, _) in volumes.items()} == {"sub-a": (3, 4, 4), "sub-b": (1, 4, 4)}

@@ -8,21 +8,18 @@ loss falls in a few Adam steps on one batch), and it runs in channels_last and u
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from hydra_helpers import compose_train
 from torch import nn
 
 from lesionseg.models.catalog import CATALOG, PaperFigure
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 OUTPUT_SIZES = [(224, 192), (233, 197), (256, 256)]
 TRAIN_SIZE = (64, 64)  # the smallest size every catalog model downsamples without degenerate maps
-ADAM_STEPS = 4
+ADAM_STEPS = 3
 
 
 @pytest.fixture(params=CATALOG, ids=lambda entry: entry.config)
@@ -38,8 +35,7 @@ def build_model(entry: PaperFigure) -> nn.Module:
         f"data.num_classes={entry.num_classes}",
         *entry.overrides,
     ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train(overrides)
     torch.manual_seed(0)
     return instantiate(cfg.model)
 

@@ -93,7 +93,7 @@ def test_wandb_offline_writes_a_run_folder_without_network(train_config, monkeyp
     ("arguments", "message"),
     [
         (["model=nope"], "unknown model 'nope'; available:"),
-        (["data=atlas"], "data.root=None is not set"),
+        (["data=atlas"], "data.root is not set: pass data.root=<folder of the atlas dataset>"),
         (["ckpt_path=/nonexistent/x.ckpt"], "checkpoint file not found: /nonexistent/x.ckpt"),
     ],
 )

@@ -2,10 +2,11 @@
 
 Kalmutskiy & Berikov (2021, seed 003) received their 34 stroke labels as JPG copies of the DICOM
 slices with the lesion outlined in green, and turned them into masks by "green mask, resize,
-floodfill". Here: keep the pixels whose HSV hue is near the label colour and that are saturated and
-bright enough (the greyscale slice underneath has no saturation, so it never matches), close small
-gaps that JPEG compression tears in a thin outline, fill every closed outline, and resize to the
-DICOM grid. Filling happens before resizing so a 1-pixel outline cannot break when shrunk.
+floodfill". Here: keep the pixels whose hue is near the label colour and that carry enough colour
+(the greyscale slice underneath carries none, so it never matches), close small gaps that JPEG
+compression tears in a thin outline, fill every closed outline, and resize to the DICOM grid.
+Filling happens before resizing so a 1-pixel outline cannot break when shrunk. The mask reaches
+the outer edge of the drawn line (and of JPEG's colour bleed around it, about one pixel).
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ class LabelColour:
     """Which pixels of a label image belong to the drawing.
 
     `hue` is a name from NAMED_HUES or degrees (0-360); a pixel matches when its hue is within
-    `hue_tolerance` degrees (circular, so red works), its saturation >= `min_saturation` and its
-    value >= `min_value` (both 0-1). The defaults accept pure and JPEG-blurred green outlines and
-    reject grey, white and black.
+    `hue_tolerance` degrees (circular, so red works) and its chroma, max(R, G, B) - min(R, G, B) as a
+    fraction of 255, is at least `min_chroma`. Chroma rather than HSV saturation: a greyscale slice
+    has none at any brightness, while a JPG-blurred green line on bright tissue keeps a useful
+    amount (saturation there drops with the brightness of the tissue underneath).
     """
 
     hue: str | float = "green"
     hue_tolerance: float = 30.0
-    min_saturation: float = 0.35
-    min_value: float = 0.2
+    min_chroma: float = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.hue, str) and self.hue not in NAMED_HUES:
@@ -53,15 +54,12 @@ class LabelColour:
         """Boolean (H, W): pixels of an 8-bit RGB image drawn in this colour."""
         if label_rgb.ndim != 3 or label_rgb.shape[2] != 3:
             raise ValueError(f"a colour label needs 3 colour channels, got shape {label_rgb.shape}")
-        hsv = cv2.cvtColor(label_rgb, cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv = cv2.cvtColor(label_rgb, cv2.COLOR_RGB2HSV)
         # OpenCV stores 8-bit hue as degrees / 2 (0-179).
-        hue_distance = np.abs(hsv[..., 0] * 2.0 - self.hue_degrees)
+        hue_distance = np.abs(hsv[..., 0].astype(np.float32) * 2.0 - self.hue_degrees)
         hue_distance = np.minimum(hue_distance, 360.0 - hue_distance)
-        return (
-            (hue_distance <= self.hue_tolerance)
-            & (hsv[..., 1] >= self.min_saturation * 255.0)
-            & (hsv[..., 2] >= self.min_value * 255.0)
-        )
+        chroma = label_rgb.max(axis=2).astype(np.float32) - label_rgb.min(axis=2)
+        return (hue_distance <= self.hue_tolerance) & (chroma >= self.min_chroma * 255.0)
 
 
 def fill_outlines(drawn: np.ndarray) -> np.ndarray:

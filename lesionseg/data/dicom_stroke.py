@@ -2,7 +2,7 @@
 
 The setting of Kalmutskiy & Berikov (2021, seed 003): DICOM slices, of which a few (34 in the paper)
 have a JPG copy with the stroke outlined in green; masks come from "green mask, resize, floodfill"
-(`colour_masks`), and the segmenter trains on a 4 x 4 grid of sub-images (`grid`).
+(`colour_masks`), and the segmenter trains on a 4 x 4 grid of sub-images (`grid_datamodule`).
 
 On disk (sub-folders allowed; an image and its label share their path relative to `images/` and
 `labels/`, up to the suffix)::
@@ -16,7 +16,9 @@ Subject: one DICOM series, identified by (PatientID, SeriesInstanceUID); its sli
 InstanceNumber. A file without those tags is a subject of its own (one slice). A series' labelled
 slices form its case; a series without any label is an unlabelled case (prediction only); slices
 of a partly labelled series that have no label are left out (their mask is unknown, not empty).
-A label without its DICOM slice is an error. Slices of one series must share their size.
+A label without its DICOM slice is an error. Slices of one series must share their size. Two series
+of one patient are two subjects (as the DESIGN asks); `Case.meta["patient"]` keeps the PatientID for
+a split that must group them.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _key(path: Path, folder: Path) -> str:
     return path.relative_to(folder).with_suffix("").as_posix()
 
 
-def _subject_id(header, path: Path, root: Path) -> tuple[str, dict[str, str]]:
+def _subject_id(header: Dataset, path: Path, root: Path) -> tuple[str, dict[str, str]]:
     """Subject id and meta of one slice: its series, or the file itself without series tags."""
     patient = str(header.get("PatientID", "") or "").strip()
     series = str(header.get("SeriesInstanceUID", "") or "").strip()
@@ -117,7 +119,8 @@ class DicomStrokeLayout:
         slices = [read_dicom_pixels(path) for path in case.image]
         for path, pixels in zip(case.image, slices):
             if pixels.shape != slices[0].shape:
-                raise DataError(f"{path}: slice shape {pixels.shape} differs from {case.image[0].name} {slices[0].shape}")
+                first = f"{case.image[0].name} {slices[0].shape}"
+                raise DataError(f"{path}: slice shape {pixels.shape} differs from {first} in the same series")
         image = np.stack(slices)[:, np.newaxis]
         if not case.labelled:
             return CaseArrays(image=image, mask=None)
@@ -131,7 +134,9 @@ class DicomStrokeLayout:
         return mask
 
 
-def _dicom_slice(pixels: np.ndarray, patient: str, series_uid: str, study_uid: str, number: int, uid_seed: str):
+def _dicom_slice(
+    pixels: np.ndarray, patient: str, series_uid: str, study_uid: str, number: int, uid_seed: str
+) -> Dataset:
     """A valid single-frame 16-bit MONOCHROME2 MR Image Storage dataset holding `pixels` (uint16)."""
     sop_uid = generate_uid(entropy_srcs=[uid_seed, "sop", str(number)])
     meta = FileMetaDataset()

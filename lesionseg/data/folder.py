@@ -32,7 +32,7 @@ SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TIFF_SUFFIXES = (".tif", ".tiff")
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-LOOKS_FOR = "the folder layout (<root>/images/<stem>.{png,jpg,tif,nii.gz} with <root>/masks/<stem>.{png,jpg,tif,nii.gz})"
+LOOKS_FOR = "the folder layout (<root>/images/<stem>.{png,jpg,tif,nii.gz} with <root>/masks/<stem>.<same choice>)"
 
 
 def split_suffix(path: Path) -> tuple[str, str]:

@@ -55,14 +55,15 @@ class LggLayout:
         folder = self.dataset_folder(root)
         if not folder.is_dir():
             raise DataError(f"{root}: not a folder; looked for {LOOKS_FOR}")
-        cases = [case for patient in sorted(folder.iterdir()) if patient.is_dir() for case in self._patient(patient)]
+        patients = (self._patient(path) for path in sorted(folder.iterdir()) if path.is_dir())
+        cases = [case for case in patients if case is not None]
         if not cases:
             raise DataError(f"{root}: no LGG patients found; looked for {LOOKS_FOR}")
         return cases
 
     @staticmethod
-    def _patient(patient: Path) -> list[Case]:
-        """The patient's case (slices in numeric order), or nothing for a folder without TIFFs."""
+    def _patient(patient: Path) -> Case | None:
+        """The patient's case (slices in numeric order), or None for a folder without TIFFs."""
         numbered: list[tuple[int, Path, Path]] = []
         for path in patient.glob("*.tif"):
             if path.stem.endswith(MASK_SUFFIX):
@@ -77,15 +78,13 @@ class LggLayout:
                 raise missing_mask(path, mask.name)
             numbered.append((int(match["number"]), path, mask))
         if not numbered:
-            return []
+            return None
         numbered.sort()
-        return [
-            Case(
-                subject=patient.name,
-                image=tuple(image for _, image, _ in numbered),
-                mask=tuple(mask for _, _, mask in numbered),
-            )
-        ]
+        return Case(
+            subject=patient.name,
+            image=tuple(image for _, image, _ in numbered),
+            mask=tuple(mask for _, _, mask in numbered),
+        )
 
     def load(self, case: Case) -> CaseArrays:
         images, masks = [], []
@@ -101,7 +100,6 @@ class LggLayout:
             images.append(image)
             masks.append(mask)
         return CaseArrays(image=np.stack(images).transpose(0, 3, 1, 2).astype(np.float32), mask=np.stack(masks))
-
 
 
 def write_synthetic_lgg(root: Path, n_subjects: int, seed: int = 0, n_slices: int = 12, size: int = 256) -> Path:

@@ -124,5 +124,5 @@ def _resize(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]) -
     resized = np.stack([cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in planes])
     image = resized.reshape(z, c, height, width)
     if mask is not None:
-        mask = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in mask])
+        mask = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST_EXACT) for m in mask])
     return image, mask

@@ -45,12 +45,12 @@ class SliceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         position, slice_index = self.items[index]
         case = self.cases[position]
-        image = np.asarray(case.image[slice_index], dtype=np.float32)
-        mask = None if case.mask is None else np.asarray(case.mask[slice_index])
-        if self.channels is not None and image.shape[0] == 1 < self.channels:
-            image = np.repeat(image, self.channels, axis=0)
+        image = case.image[slice_index].astype(np.float32)
+        mask = None if case.mask is None else np.array(case.mask[slice_index])
         if self.augment is not None:
             image, mask = augment_slice(self.augment, image, mask)
+        if self.channels is not None and image.shape[0] == 1 < self.channels:
+            image = np.repeat(image, self.channels, axis=0)
         item = {"image": torch.from_numpy(image), "subject": case.subject, "slice_index": slice_index}
         if mask is not None:
             item["mask"] = torch.from_numpy(mask.astype(np.int64))

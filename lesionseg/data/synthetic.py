@@ -105,7 +105,7 @@ class SyntheticAtlasDataModule(LesionDataModule):
         self,
         cache_dir: str,
         root: str | None = None,
-        num_training: int = 30,
+        num_training: int = 24,
         num_testing: int = 4,
         volume_shape: tuple[int, int, int] = (96, 112, 40),
         seed: int = 0,

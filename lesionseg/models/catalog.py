@@ -27,9 +27,10 @@ class PaperFigure:
 CATALOG: tuple[PaperFigure, ...] = (
     PaperFigure("xnet", "X-Net, Qi et al. MICCAI 2019 (released Keras code)", 15_072_332, 0.005),
     PaperFigure("unet", "U-Net baseline of the X-Net comparison", 34_500_000, 0.01),
+    PaperFigure("unet_small", "the same U-Net at 16 base channels (CPU default; no paper)", None, 0.0),
     PaperFigure("segnet", "SegNet, Badrinarayanan et al. 2017 (X-Net table)", 29_500_000, 0.01),
     PaperFigure("dense_unet", "2D Dense-UNet, Li et al. 2018 H-DenseUNet (X-Net table)", 50_000_000, 0.015),
-    PaperFigure("resunet", "ResUNet, Zhang et al. 2018", None, 0.0),
+    PaperFigure("resunet", "ResUNet, Zhang et al. 2018 (paper: 7.8M, shortcut projections not counted)", None, 0.0),
     PaperFigure("unext", "UNeXt, Valanarasu & Patel 2022 (released code)", 1_471_921, 0.0, 3, 1, (256, 256)),
     PaperFigure("unext_s", "UNeXt-S, Valanarasu & Patel 2022 (released code)", 253_561, 0.0, 3, 1, (256, 256)),
     PaperFigure("lraspp_mnv3", "MobileNetV3 + LR-ASPP brain-tumour study", 310_000, 0.03, 3, 1, (256, 256)),

@@ -10,11 +10,11 @@ deepest features, upsampled and classified, plus a 1x1 classifier on the stride-
 
 Configuration chosen (defaults): **MobileNetV3-Small** (the table the study shows), width
 multiplier 0.75, reduced tail, head width 72: 310,106 parameters with 3 input channels and
-1 class (310 thousand reported). The study does not give its widths; among torchvision's
-(width, tail) choices only Small-0.75 with reduced tail (275,304 backbone parameters) or Small-0.5
-with full tail (256,296) leave room for a head near the figure, and the reduced tail is the
-MobileNetV3 paper's own segmentation setting; a head width of 72 then lands on 310 thousand
-(64 gives 306,242, 128 gives 337,154).
+1 class (310 thousand reported). The study gives no widths. Keeping its Small backbone and the
+MobileNetV3 paper's segmentation setting (reduced tail, dilated last stage), width 0.75 is the
+multiplier that leaves room for a head under the figure (backbone 275,304 parameters; width 1.0
+alone has 438,704, width 0.5 only 131,960), and a head width of 72 lands on 310 thousand (64
+gives 306,242; torchvision's default 128 gives 337,154).
 
 Extra skips (`skip_strides=(4, 2)`): the head's gated features are upsampled to stride 8, then to
 the stride-4 and stride-2 encoder stages, adding a 1x1 conv-BN-ReLU projection of each stage's
@@ -29,6 +29,7 @@ exact size of the map it joins, and the logits to the input size.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -45,11 +46,12 @@ BACKBONES = {"small": mobilenet_v3_small, "large": mobilenet_v3_large}
 
 
 def block_strides(features: nn.Sequential) -> list[int]:
-    """Output stride of every block of a torchvision MobileNetV3 `features` (dilated blocks keep it)."""
-    strides = [2]  # the stem conv
-    for block in features[1:]:
-        downsamples = getattr(block, "_is_cn", False)  # torchvision marks stride-2 blocks this way
-        strides.append(strides[-1] * (2 if downsamples else 1))
+    """Output stride of every block of a MobileNetV3 `features`, from its convolutions' strides
+    (a dilated block keeps its input's stride)."""
+    strides, total = [], 1
+    for block in features:
+        total *= math.prod(conv.stride[0] for conv in block.modules() if isinstance(conv, nn.Conv2d))
+        strides.append(total)
     return strides
 
 

@@ -1,0 +1,24 @@
+"""Benchmarks: `python -m lesionseg.bench models [...]` (model throughput) or `... data [...]`
+(data pipeline). Each subcommand's module is imported only when asked for."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS = {
+    "models": "lesionseg.bench.models",
+    "data": "lesionseg.bench.data",
+}
+
+
+def main(argv: Sequence[str]) -> None:
+    if not argv or argv[0] not in SUBCOMMANDS:
+        choices = "|".join(SUBCOMMANDS)
+        raise SystemExit(f"usage: python -m lesionseg.bench {{{choices}}} [--help | options]; got: {' '.join(argv)!r}")
+    importlib.import_module(SUBCOMMANDS[argv[0]]).main(list(argv[1:]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

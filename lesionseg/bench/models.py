@@ -1,0 +1,163 @@
+"""Measure the catalog's models: build each from its Hydra config, count parameters and MACs, and
+time forward + backward passes (`python -m lesionseg.bench models`).
+
+Shared by the model table (`python -m lesionseg.models`), which prints counts against the papers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator, Sequence
+
+import hydra
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lesionseg.config import CONF_DIR
+from lesionseg.models.catalog import CATALOG, PaperFigure
+
+DEFAULT_SIZE = (224, 192)
+"""The X-Net crop of ATLAS: quick on CPU and the size most experiments train at."""
+
+
+def model_configs(entries: Sequence[PaperFigure]) -> Iterator[tuple[PaperFigure, DictConfig]]:
+    """Compose `conf/train.yaml` with each entry's model config, channels, classes and overrides."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for entry in entries:
+            cfg = compose(
+                "train",
+                overrides=[
+                    f"model={entry.config}",
+                    f"data.in_channels={entry.in_channels}",
+                    f"data.num_classes={entry.num_classes}",
+                    *entry.overrides,
+                ],
+            )
+            yield entry, cfg.model
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def segmentation_logits(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    """The (B, K, H, W) logits of any model output (plain tensor or dict with "seg")."""
+    return output["seg"] if isinstance(output, dict) else output
+
+
+def multiply_accumulates(model: nn.Module, in_channels: int, input_size: tuple[int, int]) -> int:
+    """MACs of one eval-mode forward pass on a single image (convolutions, linear layers and
+    matrix products, as torch's FLOP counter counts them: FLOPs / 2)."""
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, in_channels, *input_size))
+    return counter.get_total_flops() // 2
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_second(
+    model: nn.Module,
+    in_channels: int,
+    input_size: tuple[int, int],
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+) -> float:
+    """Training-mode forward + backward throughput on random images; warm-up steps not timed."""
+    model.to(device).train()
+    images = torch.randn(batch_size, in_channels, *input_size, device=device)
+
+    def step() -> None:
+        output = model(images)
+        loss = segmentation_logits(output).float().mean()
+        if isinstance(output, dict) and "cls" in output:
+            loss = loss + output["cls"].float().mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'224x192' -> (224, 192)."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 224x192, got {text!r}") from None
+    return height, width
+
+
+def select(names: str | None) -> list[PaperFigure]:
+    """Catalog entries named in a comma-separated list (all when None); unknown names are an error."""
+    if names is None:
+        return list(CATALOG)
+    by_name = {entry.config: entry for entry in CATALOG}
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {', '.join(unknown)}; available: {', '.join(by_name)}")
+    return [by_name[name] for name in wanted]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m lesionseg.bench models",
+        description="Forward + backward images/s of each catalog model (training mode, random images).",
+    )
+    parser.add_argument("--models", help="comma-separated catalog configs (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="HxW (default 224x192)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per model (default 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), action="append", help="repeatable (default: cpu, and cuda if available)"
+    )
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> None:
+    args = parse_args(argv)
+    devices = args.device or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked but no CUDA device is available")
+    entries = select(args.models)
+    height, width = args.size
+    table = Table(title=f"Forward + backward throughput, batch {args.batch_size}, {height}x{width}")
+    for column in ("model", "params", *(f"{device} images/s" for device in devices)):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    console = Console()
+    for entry, model_config in model_configs(entries):
+        model = hydra.utils.instantiate(model_config)
+        rates = [
+            images_per_second(
+                model, entry.in_channels, args.size, args.batch_size, args.steps, args.warmup, torch.device(device)
+            )
+            for device in devices
+        ]
+        table.add_row(entry.config, f"{trainable_parameters(model):,}", *(f"{rate:.1f}" for rate in rates))
+        del model
+    console.print(table)
+    console.print(
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}. Re-run with more steps for stabler "
+        f"figures, e.g.: python -m lesionseg.bench models --models {entries[0].config} --steps 20 --warmup 3 "
+        f"--batch-size {args.batch_size} --size {height}x{width}"
+    )

@@ -163,9 +163,12 @@ class SegmentationModule(L.LightningModule):
         inference = stage == "test"
         if inference:
             seg_logits, cls_logits = self.inference_logits(image)
+            loss = self.loss(seg_logits, mask)
         else:
-            seg_logits, cls_logits = split_output(self(image) if stage == "train" else self.whole_slice_output(image))
-        loss = self.loss(seg_logits, mask)
+            output = self(image) if stage == "train" else self.whole_slice_output(image)
+            seg_logits, cls_logits = split_output(output)
+            deep = output.get("deep_supervision") if isinstance(output, Mapping) else None
+            loss = self.deep_supervision_loss(deep, mask) if deep is not None else self.loss(seg_logits, mask)
         if cls_logits is not None:
             has_lesion = (mask > 0).flatten(1).any(dim=1, keepdim=True).to(cls_logits.dtype)
             cls_loss = self.cls_loss(cls_logits.float(), has_lesion.float())
@@ -179,6 +182,15 @@ class SegmentationModule(L.LightningModule):
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(image), sync_dist=True)
         return loss, prediction, seg_logits
+
+    def deep_supervision_loss(self, outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's deep supervision: losses of the (B, N, K, H, W) heads, weights 1/2^i normalised.
+
+        Head 0 is the full-resolution output (MONAI DynUNet upsamples every head to it).
+        """
+        weights = torch.tensor([0.5**index for index in range(outputs.shape[1])])
+        weights = weights / weights.sum()
+        return sum(weight * self.loss(outputs[:, index], mask) for index, weight in enumerate(weights.tolist()))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _, _ = self._shared_step(batch, "train")

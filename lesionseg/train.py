@@ -22,6 +22,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -191,8 +192,11 @@ def write_failed_summary(cfg: DictConfig, error: BaseException) -> None:
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        optimized, _ = train(cfg)
-        return optimized
+        try:
+            optimized, _ = train(cfg)
+            return optimized
+        except InstantiationException as wrapped:  # a config's constructor refused its arguments
+            raise (wrapped.__cause__ if isinstance(wrapped.__cause__, KNOWN_ERRORS) else wrapped) from None
     except KNOWN_ERRORS as error:
         if multirun:
             log.error("job %s failed: %s", HydraConfig.get().job.num, error)

@@ -45,13 +45,13 @@ def test_fast_dev_run_default_model(train_config) -> None:
 
 
 def test_short_run_lowers_loss_raises_dice_and_writes_the_run_folder(train_config) -> None:
-    cfg = train_config(*TINY_DATA, "trainer.max_epochs=4", "optimizer.lr=3e-3", "augment=none", "scheduler=none")
+    cfg = train_config(*TINY_DATA, "trainer.max_epochs=4", "optimizer.lr=1e-2", "augment=none", "scheduler=none")
     metric, summary = train(cfg)
     run = Path(cfg.paths.output_dir)
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
     train_loss = metrics.dropna(subset=["train/loss_epoch"])["train/loss_epoch"].tolist()
     val_dice = metrics.dropna(subset=["val/dice"])["val/dice"].tolist()
-    assert len(train_loss) == 4 and train_loss[-1] < 0.7 * train_loss[0]
+    assert len(train_loss) == 4 and train_loss[-1] < 0.8 * train_loss[0]
     assert val_dice[-1] > val_dice[0] + 0.1
     assert metric == pytest.approx(max(val_dice), abs=1e-6)
 
@@ -83,10 +83,11 @@ def test_checkpoint_resumes_in_another_run(train_config, tmp_path) -> None:
 
 def test_wandb_offline_writes_a_run_folder_without_network(train_config, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = train_config("debug=fast_dev_run", *TINY_DATA[:3], "logger=wandb")
+    cfg = train_config("debug=limit", "trainer.max_epochs=1", *TINY_DATA[:4], "logger=wandb")
     train(cfg)
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
-    assert runs, "no offline wandb run folder written"
+    assert len(runs) == 1, "no offline wandb run folder written"
+    assert list(runs[0].glob("*.wandb")), "the offline run holds no logged data"
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,9 @@ class AtlasLayout:
         for path in case.mask:
             label, _ = read_volume(path)
             if label.shape != voxels.shape:
-                raise DataError(f"{path}: mask shape {label.shape} differs from image shape {voxels.shape} ({case.image[0]})")
+                raise DataError(
+                    f"{path}: mask shape {label.shape} differs from image shape {voxels.shape} ({case.image[0]})"
+                )
             mask = label if mask is None else np.maximum(mask, label)
         return CaseArrays(
             image=axial_slices(voxels)[:, None],

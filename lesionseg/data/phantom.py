@@ -2,8 +2,10 @@
 
 A skull-stripped ellipsoid brain (background exactly 0) with cortical grey matter around textured
 white matter, two ventricles, a smooth multiplicative bias field and noise, plus 1-3 irregular
-lesions (T1-hypointense by default, as ATLAS stroke lesions). Works in 2D (H, W) and 3D (x, y, z):
-the ATLAS writers use 3D volumes; the 2D form serves slice-based writers (TIFF, DICOM, image folders).
+lesions (T1-hypointense by default, as ATLAS stroke lesions). Arrays are indexed like NIfTI voxels,
+(x, y) or (x, y, z), with the ventricles side by side along x: the ATLAS writers use 3D volumes, and
+slice-based writers (TIFF, DICOM, image folders) take 2D phantoms or cut 3D ones with
+`nifti.axial_slices` (rows = y).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Phantom:
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
     """Gaussian-smoothed white noise with unit standard deviation.
 
-    Smoothed on a grid coarser by about sigma/1.5 and linearly upsampled: same look, a fraction of the cost.
+    Smoothed on a grid coarser by about sigma/1.5, then linearly upsampled: same look, a fraction of the cost.
     """
     step = max(1, round(sigma / 1.5))
     coarse = rng.standard_normal([-(-n // step) + 1 for n in shape]).astype(np.float32)
@@ -42,12 +44,16 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     return field / (field.std() + 1e-8)
 
 
-def _lesion(rng: np.random.Generator, shape: tuple[int, ...], centre: np.ndarray, radius: float,
-            roughness: np.ndarray) -> np.ndarray:
-    """An irregular blob: a few overlapping jittered ellipsoids with a rough (noise-perturbed) edge."""
-    box = tuple(slice(max(0, int(c - 2.5 * radius)), min(n, int(c + 2.5 * radius) + 1)) for c, n in zip(centre, shape))
+def _lesion(
+    rng: np.random.Generator, shape: tuple[int, ...], centre: np.ndarray, radius: float, roughness: np.ndarray
+) -> np.ndarray:
+    """An irregular blob around `centre` (always containing it): a few overlapping jittered ellipsoids
+    with a rough (noise-perturbed) edge."""
+    reach = 2.5 * radius
+    box = tuple(slice(max(0, int(c - reach)), min(n, int(c + reach) + 1)) for c, n in zip(centre, shape))
     coords = np.meshgrid(*[np.arange(b.start, b.stop, dtype=np.float32) for b in box], indexing="ij")
     blob = np.zeros(shape, dtype=bool)
+    blob[tuple(int(c) for c in centre)] = True
     for _ in range(int(rng.integers(2, 5))):
         offset = rng.normal(0.0, 0.45 * radius, size=len(shape))
         axes = radius * rng.uniform(0.55, 1.0, size=len(shape))
@@ -64,7 +70,7 @@ def phantom(
     lesion_intensity: float = 45.0,
     noise: float = 4.0,
 ) -> Phantom:
-    """A 2D or 3D brain phantom of `shape` with between `num_lesions` lesions (always at least one).
+    """A brain phantom of `shape` ((x, y) or (x, y, z)) with `num_lesions` (min, max) lesions, at least one.
 
     `lesion_radius` is a fraction of the smallest in-plane size; `lesion_intensity` is in the same
     units as white matter (110): below grey matter for T1-hypointense stroke, above 110 for
@@ -94,6 +100,8 @@ def phantom(
 
     mask = np.zeros(shape, dtype=bool)
     eligible = np.argwhere((outline < 0.72) & ~ndimage.binary_dilation(ventricles, iterations=3))
+    if not len(eligible):  # tiny phantoms: anywhere in the brain
+        eligible = np.argwhere(brain)
     size = min(shape[:2])
     for _ in range(int(rng.integers(num_lesions[0], num_lesions[1] + 1))):
         lesion_centre = eligible[rng.integers(len(eligible))].astype(np.float32)

@@ -53,7 +53,8 @@ class Preprocess:
         options = dict(options or {})
         unknown = set(options) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"data.preprocess: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            known = sorted(cls.__dataclass_fields__)
+            raise ValueError(f"data.preprocess: unknown keys {sorted(unknown)}; known: {known}")
 
         def as_tuple(value):  # nested lists from YAML (or OmegaConf ListConfig) -> hashable tuples
             is_list = isinstance(value, Sequence) and not isinstance(value, str)

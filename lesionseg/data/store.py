@@ -1,9 +1,9 @@
 """The slice store: every case decoded once into memory-mapped `.npy` files in the cache.
 
-Entries live in `<cache_dir>/store/<dataset name>/<key>/`, where the key hashes the dataset root, the
-layout and the preprocessing parameters, and each subject's entry records the (path, size, mtime) of its source
-files: changing a preprocessing parameter opens a new folder, changing a source file rebuilds that
-subject only. Every file is written to a temporary name in the same folder and moved into place with
+Entries live in `<cache_dir>/store/<dataset name>/<key>/`, where the key hashes the dataset root,
+the layout and the preprocessing parameters, and each subject's entry records the (path, size,
+mtime) of its source files: changing a preprocessing parameter opens a new folder, changing a source
+file rebuilds that subject only. Every file is written to a temporary name in the same folder and moved into place with
 `os.replace`, the subject's `.json` last, so a reader never sees a half-written entry and two
 processes building the same store at once both end with a valid one.
 """
@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -92,7 +93,7 @@ def _file_name(subject: str) -> str:
     return safe if safe == subject else f"{safe}-{hashlib.sha1(subject.encode()).hexdigest()[:8]}"
 
 
-def _write_atomic(path: Path, write: Callable[[object], None]) -> None:
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write through `write(file)` to a temporary file beside `path`, then move it into place."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -165,7 +166,10 @@ class SliceStore:
         arrays, mask_problem = checked(case, self.layout.load(case), self.strict_masks)
         if mask_problem:
             warnings.warn(f"{mask_problem}; binarised as > 0", stacklevel=3)
-        image, mask = self.preprocess(arrays.image, arrays.mask)
+        try:
+            image, mask = self.preprocess(arrays.image, arrays.mask)
+        except ValueError as exc:
+            raise ValueError(f"{case.image[0]}: {exc}") from exc
         peak = float(np.abs(image).max(initial=0.0))
         if peak > FLOAT16_MAX:
             raise ValueError(

@@ -22,7 +22,7 @@ from lesionseg.data.datamodule import LesionDataModule
 from lesionseg.data.nifti import write_volume
 from lesionseg.data.phantom import phantom
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SUBJECTS_PER_SITE = 10
 
 

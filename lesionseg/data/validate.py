@@ -52,7 +52,8 @@ def checked(case: Case, arrays: CaseArrays, strict_masks: bool = False) -> tuple
     note = None
     if not any(values <= allowed for allowed in BINARY_MASK_VALUES):
         shown = sorted(values)[:6]
-        note = f"{_file(case.mask)}: mask values {shown}{'...' if len(values) > 6 else ''} are not in {{0, 1}} or {{0, 255}}"
+        more = "..." if len(values) > 6 else ""
+        note = f"{_file(case.mask)}: mask values {shown}{more} are not in {{0, 1}} or {{0, 255}}"
         if strict_masks:
             raise DataError(f"{note} (strict_masks=true)")
     return CaseArrays(image=image, mask=(mask > 0).astype(np.uint8), affine=arrays.affine), note

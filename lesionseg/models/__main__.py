@@ -28,8 +28,9 @@ def difference(parameters: int, entry: PaperFigure) -> str:
 
 def model_table() -> Table:
     table = Table(title="Model configs vs papers (trainable parameters; MACs of one image)")
-    for column in ("config", "in/out", "input", "params", "MACs (G)", "paper", "diff", "source"):
-        table.add_column(column, justify="left" if column in ("config", "source") else "right")
+    for column in ("config", "in/out", "input", "params", "MACs (G)", "paper", "diff"):
+        table.add_column(column, justify="left" if column == "config" else "right", no_wrap=True)
+    table.add_column("source")
     for entry, model_config in model_configs(CATALOG):
         with torch.device("meta"):
             model = hydra.utils.instantiate(model_config)
@@ -50,7 +51,9 @@ def model_table() -> Table:
 
 
 def main() -> None:
-    Console(width=200).print(model_table())
+    console = Console()
+    console.width = max(console.width, 150)  # piped output defaults to 80 columns: too narrow for the rows
+    console.print(model_table())
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ def load_weights(net: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or non-tensor files
-        raise ValueError(f"{path}: not a readable PyTorch state dict ({error})") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a readable PyTorch state dict ({reason})") from None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     model_overlap = len(state.keys() & net.state_dict().keys())
@@ -89,9 +90,22 @@ def load_weights(net: nn.Module, path: Path) -> None:
     target, name = (net, "model") if model_overlap > encoder_overlap else (net.encoder, "encoder")
     try:
         target.load_state_dict(state)
-    except RuntimeError as error:
-        problem = " ".join(str(error).split())
-        raise ValueError(f"{path}: does not fit the {name}: {problem}") from None
+    except RuntimeError:
+        raise ValueError(f"{path}: does not fit the {name}: {key_mismatch(state, target.state_dict())}") from None
+
+
+def key_mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str:
+    """One line naming the first few missing, unexpected and wrongly shaped keys of `state`."""
+    problems = {
+        "missing": [key for key in expected if key not in state],
+        "unexpected": [key for key in state if key not in expected],
+        "wrong shape": [key for key in expected if key in state and state[key].shape != expected[key].shape],
+    }
+    return "; ".join(
+        f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+        for kind, keys in problems.items()
+        if keys
+    )
 
 
 def nnunet_2d_plan(

@@ -10,7 +10,8 @@ differs from the paper in these ways:
 
 - widths: conv stages 16/32/128 and MLP stages 160/256 (`UNext`), or 8/16/32 and 64/128
   (`UNext_S`); the paper states 32/64/128/160/256. This gives exactly 1,471,921 and 253,561
-  trainable parameters for 3 input channels and 1 class (the paper's "1.47M").
+  trainable parameters for 3 input channels and 1 class (the paper's "1.47M"); at 256x256 UNeXt
+  costs 0.562 GMACs (the paper's "0.57 GFLOPs").
 - the shifted MLP shifts channel groups along the *height* first (before fc1) and along the
   *width* second (before fc2), with fc1 -> depthwise 3x3 conv -> GELU in between; LayerNorm is
   applied *before* the MLP (pre-norm residual), not after as the paper's figure draws it.

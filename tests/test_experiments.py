@@ -1,0 +1,266 @@
+"""Paper recipes (`conf/experiment/*.yaml`): each composes and sets what its source states.
+
+The expected values are the recipes' contract (see each file's citation). The optimiser, scheduler,
+loss and augmentation are instantiated, so the test checks the objects a run would train with, not
+only the yaml. Two recipes with runtime hooks (X-Net's plateau schedule and early stopping on the
+validation loss; the stroke study's classifier head, TTA and clean-up) also train for a few steps on
+tiny on-disk datasets.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
+
+from hydra_helpers import compose_train
+
+from lesionseg.config import CONF_DIR
+from lesionseg.data.dicom_stroke import write_synthetic_dicom_stroke
+from lesionseg.data.splits import split_subjects
+from lesionseg.data.synthetic import write_atlas_r2
+from lesionseg.losses import Dice, DiceCE, WeightedCE
+from lesionseg.train import train
+
+EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+
+XNET_RECIPE = {
+    "data.name": "atlas",
+    "data.batch_size": 8,
+    "data.preprocess.crop": [[5, 229], [2, 194]],
+    "data.preprocess.normalisation": "constant",
+    "data.preprocess.scale": 100.0,
+    "data.slices": "all",
+    "data.num_folds": 5,
+    "data.kfold_shuffle": False,
+    "data.test_fraction": 0.0,
+    "augment": None,
+    "callbacks.early_stopping.patience": 5,
+    "callbacks.early_stopping.monitor": "val/loss",
+    "callbacks.early_stopping.mode": "min",
+    "trainer.max_epochs": 100,
+    "threshold": 0.5,
+}
+MNV3_RECIPE = {"data.name": "lgg", "optimized_metric": "val/dice"}
+
+# Per experiment: resolved config values, and the (class, attributes) of the built objects.
+CONTRACT: dict[str, dict[str, Any]] = {
+    "xnet_atlas": {"config": {**XNET_RECIPE, "model._target_": "lesionseg.models.xnet.XNet"}},
+    "unet_atlas": {"config": {**XNET_RECIPE, "model._target_": "lesionseg.models.unet.UNet"}},
+    "segnet_atlas": {"config": {**XNET_RECIPE, "model._target_": "lesionseg.models.segnet.SegNet"}},
+    "dense_unet_atlas": {"config": {**XNET_RECIPE, "model._target_": "lesionseg.models.dense_unet.DenseUNet"}},
+    "mnv3_lgg": {"config": {**MNV3_RECIPE, "model._target_": "lesionseg.models.lraspp.LRASPPMobileNetV3", "model.skip_strides": []}},
+    "mnv3_skip_lgg": {"config": {**MNV3_RECIPE, "model._target_": "lesionseg.models.lraspp.LRASPPMobileNetV3", "model.skip_strides": [4, 2]}},
+    "unext_lgg": {
+        "config": {
+            "model._target_": "lesionseg.models.unext.UNeXt",
+            "data.name": "lgg",
+            "data.batch_size": 8,
+            "data.preprocess.target_size": [256, 256],
+            "trainer.max_epochs": 20,
+        },
+    },
+    "unet_lgg": {
+        "config": {
+            "model._target_": "lesionseg.models.unet.UNet",
+            "model.base_channels": 32,
+            "model.upsampling": "transposed",
+            "data.name": "lgg",
+            "data.batch_size": 16,
+            "data.preprocess.target_size": [256, 256],
+            "data.test_fraction": 0.0,
+            "trainer.max_epochs": 100,
+        },
+    },
+    "stroke_fewshot": {
+        "config": {
+            "model._target_": "lesionseg.models.segclassifier.SegmentationClassifier",
+            "data.name": "dicom_stroke",
+            "data.grid": 4,
+            "cls_loss_weight": 1.0,
+            "cls_pos_weight": 3.0,
+            "inference.tta_flips": [[3]],
+            "inference.keep_largest": True,
+            "inference.min_size": 1200,
+        },
+    },
+}
+for _name in ("xnet_atlas", "unet_atlas", "segnet_atlas", "dense_unet_atlas"):
+    CONTRACT[_name] |= {
+        "optimizer": (torch.optim.Adam, {"lr": 1e-3, "weight_decay": 1e-5}),
+        "scheduler": (ReduceLROnPlateau, {"mode": "min", "factor": 0.2, "patience": 3, "threshold": 1e-3, "threshold_mode": "abs"}),
+        "loss": (DiceCE, {"lambda_ce": 1.0, "lambda_dice": 1.0}),
+    }
+for _name in ("mnv3_lgg", "mnv3_skip_lgg"):
+    CONTRACT[_name]["optimizer"] = (torch.optim.SGD, {"lr": 0.09, "momentum": 0.95, "nesterov": True})
+CONTRACT["unext_lgg"] |= {
+    "optimizer": (torch.optim.Adam, {"lr": 1e-4, "weight_decay": 1e-4}),
+    "scheduler": (CosineAnnealingLR, {"T_max": 20, "eta_min": 1e-5}),
+    "loss": (DiceCE, {"lambda_ce": 0.5, "lambda_dice": 1.0}),
+    "augment": [("RandomRotate90", {"p": 0.5}), ("HorizontalFlip", {"p": 0.5}), ("VerticalFlip", {"p": 0.5})],
+}
+CONTRACT["unet_lgg"] |= {
+    "optimizer": (torch.optim.Adam, {"lr": 1e-4, "weight_decay": 0.0}),
+    "scheduler": (None, {}),
+    "loss": (Dice, {"smooth_nr": 1.0, "smooth_dr": 1.0}),
+    "augment": [
+        ("Affine", {"p": 1.0, "scale": {"x": (0.95, 1.05), "y": (0.95, 1.05)}, "keep_ratio": True, "rotate": (-15.0, 15.0)}),
+        ("HorizontalFlip", {"p": 0.5}),
+    ],
+}
+CONTRACT["stroke_fewshot"] |= {
+    "loss": (WeightedCE, {}),
+    "augment": [
+        ("HorizontalFlip", {"p": 0.5}),
+        ("VerticalFlip", {"p": 0.5}),
+        ("Affine", {"scale": {"x": (0.9, 1.1), "y": (0.9, 1.1)}, "keep_ratio": True, "rotate": (0.0, 0.0)}),
+    ],
+}
+
+
+@functools.cache
+def recipe(experiment: str) -> DictConfig:
+    """The resolved run config of `experiment=<experiment>` (Hydra node dropped)."""
+    cfg = compose_train([f"experiment={experiment}", "data.root=/data"], Path("/unused/run"))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra")
+    return OmegaConf.create(resolved)
+
+
+def parameter() -> torch.nn.Parameter:
+    return torch.nn.Parameter(torch.zeros(1))
+
+
+def test_every_paper_table_has_its_experiment() -> None:
+    assert set(CONTRACT) <= set(EXPERIMENTS)
+    assert set(EXPERIMENTS) - set(CONTRACT) == {"xnet_recipe"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_builds_its_data_module_and_training_parts(experiment: str) -> None:
+    cfg = recipe(experiment)
+    assert cfg.experiment_name == experiment
+    datamodule = hydra.utils.instantiate(cfg.data, augment=hydra.utils.instantiate(cfg.augment) if cfg.augment else None)
+    assert datamodule.name == cfg.data.name and datamodule.batch_size == cfg.data.batch_size
+    optimizer = hydra.utils.instantiate(cfg.optimizer)(params=[parameter()])
+    if cfg.scheduler:
+        hydra.utils.instantiate(cfg.scheduler)(optimizer=optimizer)
+    hydra.utils.instantiate(cfg.loss)
+
+
+@pytest.mark.parametrize("experiment", sorted(CONTRACT))
+def test_experiment_sets_the_values_its_source_states(experiment: str) -> None:
+    cfg = recipe(experiment)
+    stated = CONTRACT[experiment]["config"]
+    actual = {key: OmegaConf.select(cfg, key) for key in stated}
+    assert {key: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for key, v in actual.items()} == stated
+
+
+@pytest.mark.parametrize("experiment", sorted(name for name in CONTRACT if "optimizer" in CONTRACT[name]))
+def test_optimizer_matches_the_source(experiment: str) -> None:
+    expected_class, expected = CONTRACT[experiment]["optimizer"]
+    optimizer = hydra.utils.instantiate(recipe(experiment).optimizer)(params=[parameter()])
+    assert type(optimizer) is expected_class
+    group = optimizer.param_groups[0]
+    assert {key: group[key] for key in expected} == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("experiment", sorted(name for name in CONTRACT if "scheduler" in CONTRACT[name]))
+def test_scheduler_matches_the_source(experiment: str) -> None:
+    expected_class, expected = CONTRACT[experiment]["scheduler"]
+    cfg = recipe(experiment)
+    if expected_class is None:
+        assert not cfg.scheduler
+        return
+    scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer=torch.optim.SGD([parameter()], lr=1.0))
+    assert type(scheduler) is expected_class
+    assert {key: getattr(scheduler, key) for key in expected} == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("experiment", sorted(name for name in CONTRACT if "loss" in CONTRACT[name]))
+def test_loss_matches_the_source(experiment: str) -> None:
+    expected_class, expected = CONTRACT[experiment]["loss"]
+    loss = hydra.utils.instantiate(recipe(experiment).loss)
+    assert type(loss) is expected_class
+    assert {key: getattr(loss.criterion, key) for key in expected} == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("experiment", sorted(name for name in CONTRACT if "augment" in CONTRACT[name]))
+def test_augmentation_matches_the_source(experiment: str) -> None:
+    compose = hydra.utils.instantiate(recipe(experiment).augment)
+    built = [transform.to_dict()["transform"] for transform in compose.transforms]
+    expected = CONTRACT[experiment]["augment"]
+    assert [item["__class_fullname__"] for item in built] == [name for name, _ in expected]
+    for item, (_, attributes) in zip(built, expected):
+        assert {key: item[key] for key in attributes} == attributes
+
+
+def test_xnet_folds_are_contiguous_blocks_of_sorted_subjects_without_a_test_set() -> None:
+    data = recipe("xnet_atlas").data
+    subjects = [f"sub-{index:03d}" for index in range(229)]  # the 229 subjects of ATLAS R1.1
+    folds = [split_subjects(subjects, data.num_folds, fold, data.test_fraction, data.split_seed, data.kfold_shuffle) for fold in range(5)]
+    assert [fold["val"] for fold in folds] == [subjects[0:46], subjects[46:92], subjects[92:138], subjects[138:184], subjects[184:229]]
+    assert all(not fold["test"] for fold in folds)
+
+
+def test_unet_lgg_validates_on_10_patients_without_a_test_set() -> None:
+    data = recipe("unet_lgg").data
+    patients = [f"TCGA_{index:03d}" for index in range(110)]  # kaggle_3m's 110 patients
+    for fold in range(data.num_folds):
+        split = split_subjects(patients, data.num_folds, fold, data.test_fraction, data.split_seed, data.kfold_shuffle)
+        assert len(split["val"]) == 10 and len(split["train"]) == 100 and not split["test"]
+
+
+def test_unet_lgg_builds_buda_unet() -> None:
+    net = hydra.utils.instantiate(recipe("unet_lgg").model)
+    assert sum(p.numel() for p in net.parameters()) == 7_763_041  # brain-segmentation-pytorch's UNet
+
+
+@pytest.mark.parametrize("experiment", ["mnv3_lgg", "mnv3_skip_lgg"])
+def test_mnv3_networks_use_batch_norm(experiment: str) -> None:
+    net = hydra.utils.instantiate(recipe(experiment).model)
+    assert any(isinstance(module, torch.nn.BatchNorm2d) for module in net.modules())
+
+
+def test_command_line_overrides_an_experiment(tmp_path) -> None:
+    cfg = compose_train(["experiment=xnet_atlas", "model=unet", "trainer.max_epochs=3"], tmp_path)
+    assert cfg.model._target_ == "lesionseg.models.unet.UNet"
+    assert cfg.trainer.max_epochs == 3 and cfg.optimizer.lr == 1e-3
+
+
+QUICK_FIT = (
+    "data.num_workers=0",
+    "logger=csv",
+    "callbacks.model_summary=null",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.num_sanity_val_steps=0",
+)
+
+
+def test_xnet_recipe_trains_with_plateau_schedule_and_early_stopping_on_val_loss(train_config, tmp_path) -> None:
+    # 233 x 197 axial slices, as ATLAS: the recipe's 224 x 192 crop must fit.
+    root = write_atlas_r2(tmp_path / "ATLAS_2", num_training=5, num_testing=0, shape=(197, 233, 2), seed=3)
+    cfg = train_config(
+        "experiment=xnet_recipe", f"data.root={root}", "data.batch_size=2", "model=unet_small", "model.base_channels=4", *QUICK_FIT
+    )
+    _, summary = train(cfg)
+    assert summary["status"] == "ok" and summary["epochs"] == 2
+    assert "val/loss" in summary["last_val"]
+
+
+def test_stroke_fewshot_trains_classifier_and_tests_with_tta_and_cleanup(train_config, tmp_path) -> None:
+    root = write_synthetic_dicom_stroke(tmp_path / "stroke", n_subjects=6, seed=4, slices_per_series=2, size=64)
+    cfg = train_config("experiment=stroke_fewshot", f"data.root={root}", "data.batch_size=8", *QUICK_FIT)
+    _, summary = train(cfg)
+    assert summary["status"] == "ok" and summary["epochs"] == 2
+    assert "val/cls_loss" in summary["last_val"]
+    assert {"dice", "iou"} <= set(summary["test"])

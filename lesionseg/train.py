@@ -125,8 +125,12 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test_metrics: dict[str, float] = {}
+    test_split = None
     if cfg.test:
-        trainer.test(module, datamodule=datamodule, ckpt_path=best_path or (ckpt_path if not cfg.train else None))
+        # Cross-validation without a held-out test set (X-Net's protocol) scores the validation fold.
+        test_split = "test" if datamodule.split.get("test") else "val"
+        loader = datamodule.test_dataloader() if test_split == "test" else datamodule.val_dataloader()
+        trainer.test(module, dataloaders=loader, ckpt_path=best_path or (ckpt_path if not cfg.train else None))
         test_metrics = plain_metrics(trainer.callback_metrics, "test/")
 
     best_score = checkpoint.best_model_score if checkpoint is not None else None
@@ -146,6 +150,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         "optimized_metric": cfg.optimized_metric,
         "best_val": {cfg.optimized_metric: optimized},
         "last_val": {key: value for key, value in fit_metrics.items() if key.startswith("val/")},
+        "test_split": test_split,
         "test": {key.removeprefix("test/subject_"): value for key, value in test_metrics.items() if key.startswith("test/subject_")},
         "test_slice": {key: value for key, value in test_metrics.items() if not key.startswith("test/subject_")},
         "throughput_img_s": fit_metrics.get("train/images_per_s"),

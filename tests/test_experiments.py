@@ -30,33 +30,55 @@ from lesionseg.train import train
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 
-XNET_RECIPE = {
-    "data.name": "atlas",
-    "data.batch_size": 8,
-    "data.preprocess.crop": [[5, 229], [2, 194]],
-    "data.preprocess.normalisation": "constant",
-    "data.preprocess.scale": 100.0,
-    "data.slices": "all",
-    "data.num_folds": 5,
-    "data.kfold_shuffle": False,
-    "data.test_fraction": 0.0,
-    "augment": None,
-    "callbacks.early_stopping.patience": 5,
-    "callbacks.early_stopping.monitor": "val/loss",
-    "callbacks.early_stopping.mode": "min",
-    "trainer.max_epochs": 100,
-    "threshold": 0.5,
-}
-MNV3_RECIPE = {"data.name": "lgg", "optimized_metric": "val/dice"}
 
-# Per experiment: resolved config values, and the (class, attributes) of the built objects.
+def xnet_recipe(model_target: str) -> dict[str, Any]:
+    """X-Net's released-code recipe on ATLAS (main.py, data.py, loss.py, model.py) for one network."""
+    return {
+        "config": {
+            "model._target_": model_target,
+            "data.name": "atlas",
+            "data.batch_size": 8,
+            "data.preprocess.crop": [[5, 229], [2, 194]],
+            "data.preprocess.normalisation": "constant",
+            "data.preprocess.scale": 100.0,
+            "data.slices": "all",
+            "data.num_folds": 5,
+            "data.kfold_shuffle": False,
+            "data.test_fraction": 0.0,
+            "augment": None,
+            "callbacks.early_stopping.patience": 5,
+            "callbacks.early_stopping.monitor": "val/loss",
+            "callbacks.early_stopping.mode": "min",
+            "trainer.max_epochs": 100,
+            "threshold": 0.5,
+        },
+        "optimizer": (torch.optim.Adam, {"lr": 1e-3, "weight_decay": 1e-5}),
+        "scheduler": (ReduceLROnPlateau, {"mode": "min", "factor": 0.2, "patience": 3, "threshold": 1e-3, "threshold_mode": "abs"}),
+        "loss": (DiceCE, {"lambda_ce": 1.0, "lambda_dice": 1.0}),
+    }
+
+
+def mnv3_recipe(skip_strides: list[int]) -> dict[str, Any]:
+    """The LR-ASPP study's table row (seed 001): SGD 0.09, momentum 0.95, Nesterov, Dice on val and test."""
+    return {
+        "config": {
+            "model._target_": "lesionseg.models.lraspp.LRASPPMobileNetV3",
+            "model.skip_strides": skip_strides,
+            "data.name": "lgg",
+            "optimized_metric": "val/dice",
+        },
+        "optimizer": (torch.optim.SGD, {"lr": 0.09, "momentum": 0.95, "nesterov": True}),
+    }
+
+
+# Per experiment: resolved config values, and the (class, attributes) of the objects built from them.
 CONTRACT: dict[str, dict[str, Any]] = {
-    "xnet_atlas": {"config": {**XNET_RECIPE, "model._target_": "lesionseg.models.xnet.XNet"}},
-    "unet_atlas": {"config": {**XNET_RECIPE, "model._target_": "lesionseg.models.unet.UNet"}},
-    "segnet_atlas": {"config": {**XNET_RECIPE, "model._target_": "lesionseg.models.segnet.SegNet"}},
-    "dense_unet_atlas": {"config": {**XNET_RECIPE, "model._target_": "lesionseg.models.dense_unet.DenseUNet"}},
-    "mnv3_lgg": {"config": {**MNV3_RECIPE, "model._target_": "lesionseg.models.lraspp.LRASPPMobileNetV3", "model.skip_strides": []}},
-    "mnv3_skip_lgg": {"config": {**MNV3_RECIPE, "model._target_": "lesionseg.models.lraspp.LRASPPMobileNetV3", "model.skip_strides": [4, 2]}},
+    "xnet_atlas": xnet_recipe("lesionseg.models.xnet.XNet"),
+    "unet_atlas": xnet_recipe("lesionseg.models.unet.UNet"),
+    "segnet_atlas": xnet_recipe("lesionseg.models.segnet.SegNet"),
+    "dense_unet_atlas": xnet_recipe("lesionseg.models.dense_unet.DenseUNet"),
+    "mnv3_lgg": mnv3_recipe([]),
+    "mnv3_skip_lgg": mnv3_recipe([4, 2]),
     "unext_lgg": {
         "config": {
             "model._target_": "lesionseg.models.unext.UNeXt",
@@ -65,6 +87,10 @@ CONTRACT: dict[str, dict[str, Any]] = {
             "data.preprocess.target_size": [256, 256],
             "trainer.max_epochs": 20,
         },
+        "optimizer": (torch.optim.Adam, {"lr": 1e-4, "weight_decay": 1e-4}),
+        "scheduler": (CosineAnnealingLR, {"T_max": 20, "eta_min": 1e-5}),
+        "loss": (DiceCE, {"lambda_ce": 0.5, "lambda_dice": 1.0}),
+        "augment": [("RandomRotate90", {"p": 0.5}), ("HorizontalFlip", {"p": 0.5}), ("VerticalFlip", {"p": 0.5})],
     },
     "unet_lgg": {
         "config": {
@@ -77,6 +103,13 @@ CONTRACT: dict[str, dict[str, Any]] = {
             "data.test_fraction": 0.0,
             "trainer.max_epochs": 100,
         },
+        "optimizer": (torch.optim.Adam, {"lr": 1e-4, "weight_decay": 0.0}),
+        "scheduler": (None, {}),
+        "loss": (Dice, {"smooth_nr": 1.0, "smooth_dr": 1.0}),
+        "augment": [
+            ("Affine", {"p": 1.0, "scale": {"x": (0.95, 1.05), "y": (0.95, 1.05)}, "keep_ratio": True, "rotate": (-15.0, 15.0)}),
+            ("HorizontalFlip", {"p": 0.5}),
+        ],
     },
     "stroke_fewshot": {
         "config": {
@@ -89,38 +122,13 @@ CONTRACT: dict[str, dict[str, Any]] = {
             "inference.keep_largest": True,
             "inference.min_size": 1200,
         },
+        "loss": (WeightedCE, {}),
+        "augment": [
+            ("HorizontalFlip", {"p": 0.5}),
+            ("VerticalFlip", {"p": 0.5}),
+            ("Affine", {"scale": {"x": (0.9, 1.1), "y": (0.9, 1.1)}, "keep_ratio": True, "rotate": (0.0, 0.0)}),
+        ],
     },
-}
-for _name in ("xnet_atlas", "unet_atlas", "segnet_atlas", "dense_unet_atlas"):
-    CONTRACT[_name] |= {
-        "optimizer": (torch.optim.Adam, {"lr": 1e-3, "weight_decay": 1e-5}),
-        "scheduler": (ReduceLROnPlateau, {"mode": "min", "factor": 0.2, "patience": 3, "threshold": 1e-3, "threshold_mode": "abs"}),
-        "loss": (DiceCE, {"lambda_ce": 1.0, "lambda_dice": 1.0}),
-    }
-for _name in ("mnv3_lgg", "mnv3_skip_lgg"):
-    CONTRACT[_name]["optimizer"] = (torch.optim.SGD, {"lr": 0.09, "momentum": 0.95, "nesterov": True})
-CONTRACT["unext_lgg"] |= {
-    "optimizer": (torch.optim.Adam, {"lr": 1e-4, "weight_decay": 1e-4}),
-    "scheduler": (CosineAnnealingLR, {"T_max": 20, "eta_min": 1e-5}),
-    "loss": (DiceCE, {"lambda_ce": 0.5, "lambda_dice": 1.0}),
-    "augment": [("RandomRotate90", {"p": 0.5}), ("HorizontalFlip", {"p": 0.5}), ("VerticalFlip", {"p": 0.5})],
-}
-CONTRACT["unet_lgg"] |= {
-    "optimizer": (torch.optim.Adam, {"lr": 1e-4, "weight_decay": 0.0}),
-    "scheduler": (None, {}),
-    "loss": (Dice, {"smooth_nr": 1.0, "smooth_dr": 1.0}),
-    "augment": [
-        ("Affine", {"p": 1.0, "scale": {"x": (0.95, 1.05), "y": (0.95, 1.05)}, "keep_ratio": True, "rotate": (-15.0, 15.0)}),
-        ("HorizontalFlip", {"p": 0.5}),
-    ],
-}
-CONTRACT["stroke_fewshot"] |= {
-    "loss": (WeightedCE, {}),
-    "augment": [
-        ("HorizontalFlip", {"p": 0.5}),
-        ("VerticalFlip", {"p": 0.5}),
-        ("Affine", {"scale": {"x": (0.9, 1.1), "y": (0.9, 1.1)}, "keep_ratio": True, "rotate": (0.0, 0.0)}),
-    ],
 }
 
 
@@ -204,8 +212,12 @@ def test_augmentation_matches_the_source(experiment: str) -> None:
 def test_xnet_folds_are_contiguous_blocks_of_sorted_subjects_without_a_test_set() -> None:
     data = recipe("xnet_atlas").data
     subjects = [f"sub-{index:03d}" for index in range(229)]  # the 229 subjects of ATLAS R1.1
-    folds = [split_subjects(subjects, data.num_folds, fold, data.test_fraction, data.split_seed, data.kfold_shuffle) for fold in range(5)]
-    assert [fold["val"] for fold in folds] == [subjects[0:46], subjects[46:92], subjects[92:138], subjects[138:184], subjects[184:229]]
+    folds = [
+        split_subjects(subjects, data.num_folds, fold, data.test_fraction, data.split_seed, data.kfold_shuffle)
+        for fold in range(5)
+    ]
+    # scikit-learn's KFold(n_splits=5, shuffle=False): blocks of 46, 46, 46, 46, 45 subjects in order.
+    assert [fold["val"] for fold in folds] == [subjects[start : start + 46] for start in range(0, 229, 46)]
     assert all(not fold["test"] for fold in folds)
 
 
@@ -228,6 +240,13 @@ def test_mnv3_networks_use_batch_norm(experiment: str) -> None:
     assert any(isinstance(module, torch.nn.BatchNorm2d) for module in net.modules())
 
 
+def test_stroke_fewshot_weights_the_lesion_class_in_both_heads() -> None:
+    cfg = recipe("stroke_fewshot")
+    segmenter = hydra.utils.instantiate(cfg.loss).criterion
+    assert isinstance(segmenter, torch.nn.BCEWithLogitsLoss) and segmenter.pos_weight.item() > 1
+    assert cfg.cls_pos_weight > 1
+
+
 def test_command_line_overrides_an_experiment(tmp_path) -> None:
     cfg = compose_train(["experiment=xnet_atlas", "model=unet", "trainer.max_epochs=3"], tmp_path)
     assert cfg.model._target_ == "lesionseg.models.unet.UNet"
@@ -246,7 +265,7 @@ QUICK_FIT = (
 )
 
 
-def test_xnet_recipe_trains_with_plateau_schedule_and_early_stopping_on_val_loss(train_config, tmp_path) -> None:
+def test_xnet_recipe_trains_on_val_loss_schedules_and_scores_the_held_out_fold(train_config, tmp_path) -> None:
     # 233 x 197 axial slices, as ATLAS: the recipe's 224 x 192 crop must fit.
     root = write_atlas_r2(tmp_path / "ATLAS_2", num_training=5, num_testing=0, shape=(197, 233, 2), seed=3)
     cfg = train_config(
@@ -255,6 +274,8 @@ def test_xnet_recipe_trains_with_plateau_schedule_and_early_stopping_on_val_loss
     _, summary = train(cfg)
     assert summary["status"] == "ok" and summary["epochs"] == 2
     assert "val/loss" in summary["last_val"]
+    # No test set: the held-out fold is scored per subject in 3D.
+    assert summary["test_split"] == "val" and {"dice", "iou", "precision", "recall"} <= set(summary["test"])
 
 
 def test_stroke_fewshot_trains_classifier_and_tests_with_tta_and_cleanup(train_config, tmp_path) -> None:

@@ -1,7 +1,7 @@
 """Reproducibility and faults: same config + seed gives the same numbers; a killed run resumes.
 
-Runs are tiny (8 phantom subjects of 64x64x16 voxels, a 4-channel U-Net, a few batches) so the whole
-file stays around a minute of CPU.
+Runs are tiny (8 phantom subjects of 64x64x16 voxels, a U-Net with 4 base channels, a few batches): the
+file takes about 20 s of CPU besides one Python start-up.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 
 from lesionseg.train import train
 
-REPO = Path(__file__).resolve().parent.parent
 TINY_RUN = (
     "data.num_training=8",
     "data.num_testing=0",
@@ -31,7 +30,13 @@ TINY_RUN = (
     "callbacks.model_summary=null",
     "trainer.num_sanity_val_steps=0",
 )
-SHORT_FIT = ("data.batch_size=8", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2")
+SHORT_FIT = (
+    "data.batch_size=8",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+)
 
 
 def fit_twice(train_config, tmp_path: Path, *overrides: str) -> list[dict]:
@@ -89,9 +94,16 @@ def epochs_in_csv(run_dir: Path) -> list[int]:
 
 def test_run_killed_mid_epoch_resumes_to_the_configured_epochs(train_config, tmp_path) -> None:
     max_epochs = 2
-    fit = ("augment=none", "data.batch_size=1", f"trainer.max_epochs={max_epochs}", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2")
+    # 64 one-slice batches per epoch: a long enough epoch 1 to be killed in.
+    fit = (
+        "augment=none",
+        "data.batch_size=1",
+        f"trainer.max_epochs={max_epochs}",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+    )
     outputs = tmp_path / "outputs"
-    env = {**os.environ, "LESIONSEG_OUTPUTS": str(outputs), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "LESIONSEG_OUTPUTS": str(outputs)}
     # A TQDM bar prints "Epoch N" as each epoch starts (the Rich one draws nothing into a pipe).
     tqdm_bar = "callbacks.progress_bar._target_=lightning.pytorch.callbacks.TQDMProgressBar"
     process = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""Sweeps (`sweeps/`, `conf/hydra/launcher/`): the definitions compose, and multiruns keep every job's results.
+"""Sweeps (`sweeps/`, `conf/hydra/launcher/`): definitions compose; multiruns keep every job's results.
 
 Hydra sweep files are primary configs that extend conf/train.yaml, launched as
 `python -m lesionseg.train -m -cd sweeps -cn <name>`; `wandb_*.yaml` are wandb agent sweeps. The
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import subprocess
@@ -74,11 +75,7 @@ def sweep_jobs(params: DictConfig) -> list[list[str]]:
 
 
 def run_train(*arguments: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "LESIONSEG_OUTPUTS": str(cwd / "outputs"),
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = {**os.environ, "LESIONSEG_OUTPUTS": str(cwd / "outputs")}
     return subprocess.run(
         [sys.executable, "-m", "lesionseg.train", *arguments], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )
@@ -98,16 +95,16 @@ def job_summaries(outputs: Path) -> dict[int, dict]:
 def test_hydra_sweep_file_composes(name: str) -> None:
     cfg = compose_sweep(name)
     assert cfg.hydra.sweeper.params, f"{name} sweeps nothing"
-    train_keys = compose_train([], None)
-    for key in cfg.hydra.sweeper.params:
-        group_choice = key in cfg.hydra.runtime.choices
-        assert group_choice or OmegaConf.select(train_keys, key, default="absent") != "absent", f"{name}: unknown key {key}"
+    for key in cfg.hydra.sweeper.params:  # a config group or an existing key
+        known = key in cfg.hydra.runtime.choices or OmegaConf.select(cfg, key, default="absent") != "absent"
+        assert known, f"{name}: unknown key {key}"
 
 
 @pytest.mark.parametrize(("name", "experiments"), TABLES.items())
 def test_table_sweep_runs_every_recipe_on_every_fold(name: str, experiments: list[str]) -> None:
     jobs = sweep_jobs(compose_sweep(name).hydra.sweeper.params)
-    assert sorted(jobs) == sorted([f"experiment={experiment}", f"data.fold={fold}"] for experiment in experiments for fold in range(5))
+    expected = [[f"experiment={experiment}", f"data.fold={fold}"] for experiment in experiments for fold in range(5)]
+    assert sorted(jobs) == sorted(expected)
     for experiment in experiments:
         job = compose_sweep(name, [f"experiment={experiment}", "data.fold=4"])
         assert job.experiment_name == experiment and job.data.fold == 4
@@ -137,20 +134,23 @@ def test_wandb_sweep_runs_lesionseg_train_with_valid_overrides(name: str) -> Non
     assert sweep["metric"] == {"name": "val/dice", "goal": "maximize"}
     assert sweep["method"] in ("grid", "random", "bayes")
     # What an agent passes for one run: one value per parameter, formatted by wandb itself.
-    chosen = {key: {"value": spec.get("value", spec.get("values", [spec.get("min")])[0])} for key, spec in sweep["parameters"].items()}
+    chosen = {
+        key: {"value": spec["value"] if "value" in spec else spec["values"][0] if "values" in spec else spec["min"]}
+        for key, spec in sweep["parameters"].items()
+    }
     overrides = create_sweep_command_args({"args": chosen})["args_no_hyphens"]
     cfg = compose_train(overrides, None)
     for key, value in chosen.items():
         selected = cfg.hydra.runtime.choices.get(key) if key in cfg.hydra.runtime.choices else OmegaConf.select(cfg, key)
         assert selected == value["value"], key
-    if sweep["method"] == "grid":
-        runs = [len(spec.get("values", [None])) for spec in sweep["parameters"].values()]
-        assert sum(1 for _ in itertools.product(*(range(n) for n in runs))) == 20
+    if sweep["method"] == "grid":  # the LGG table: 4 recipes x 5 folds
+        assert math.prod(len(spec.get("values", [None])) for spec in sweep["parameters"].values()) == 20
 
 
-def test_slurm_launcher_preset_gives_each_job_one_gpu() -> None:
-    cfg = compose_train(["hydra/launcher=slurm_gpu"], None)
-    launcher = cfg.hydra.launcher
+@pytest.mark.parametrize("sweep", [None, "xnet_table"])
+def test_slurm_launcher_preset_gives_each_job_one_gpu(sweep: str | None) -> None:
+    overrides = ["hydra/launcher=slurm_gpu"]
+    launcher = (compose_sweep(sweep, overrides) if sweep else compose_train(overrides, None)).hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.nodes == 1
 
@@ -197,6 +197,24 @@ def test_optuna_sweep_runs_trials_and_writes_the_best_one(tmp_path) -> None:
     assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a failed job returns NaN, which hydra-optuna-sweeper 1.3 (optuna 2.10) tells again in its error "
+    "path and so crashes the whole search; a None return is recorded as a failed trial (train.py change pending)",
+)
+def test_optuna_search_records_a_crashed_trial_as_failed_and_goes_on(tmp_path) -> None:
+    result = run_train(
+        "-m", "-cd", str(SWEEPS), "-cn", "optuna_search", *TINY_JOB, "test=false", "optimizer.lr=1e-3", "optimizer.weight_decay=0",
+        "hydra.sweeper.n_trials=3", "data.fold=choice(0,7)",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = job_summaries(tmp_path / "outputs")
+    assert {summary["status"] for summary in summaries.values()} == {"ok", "failed"}
+    results = yaml.safe_load(next((tmp_path / "outputs").glob("multirun/*/*/optimization_results.yaml")).read_text())
+    assert results["best_params"] == {"data.fold": 0}
 
 
 def test_submitit_local_launcher_runs_the_job_in_its_own_process(tmp_path) -> None:

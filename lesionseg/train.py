@@ -5,14 +5,13 @@ scheduler, trainer, loggers, callbacks) is instantiated from its `_target_`. The
 resolved config (Hydra's `.hydra/`), the subject split, checkpoints (last + best), CSV metrics,
 validation overlays, per-subject test metrics and `summary.json`. `main` returns the optimised
 metric so Hydra sweepers (Optuna) can use it; in a multirun a crashed job writes a failed summary
-and returns NaN instead of stopping the sweep.
+and returns None (Optuna records a failed trial) instead of stopping the sweep.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -186,6 +185,7 @@ def write_failed_summary(cfg: DictConfig, error: BaseException) -> None:
         "error": f"{type(error).__name__}: {error}",
         "model": cfg.model_name,
         "data": cfg.data.name,
+        "experiment": cfg.experiment_name,
         "fold": cfg.data.get("fold"),
         "seed": cfg.seed,
         "run_dir": str(output_dir),
@@ -206,14 +206,14 @@ def main(cfg: DictConfig) -> float | None:
         if multirun:
             log.error("job %s failed: %s", HydraConfig.get().job.num, error)
             write_failed_summary(cfg, error)
-            return math.nan
+            return None
         exit_on_usage_error(str(error))
     except Exception as error:  # a crashed sweep job must not lose the other jobs' results
         if not multirun:
             raise
         log.exception("job %s crashed", HydraConfig.get().job.num)
         write_failed_summary(cfg, error)
-        return math.nan
+        return None
     return None
 
 

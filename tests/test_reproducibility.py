@@ -57,11 +57,6 @@ def test_same_seed_gives_identical_metrics_without_augmentation(train_config, tm
     assert first["last_val"] == second["last_val"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="albumentations.Compose draws its own seed from the OS unless given one, so the default "
-    "augmentation differs between runs with the same `seed` (fix pending in the data pipeline)",
-)
 def test_same_seed_gives_identical_metrics_with_the_default_augmentation(train_config, tmp_path) -> None:
     first, second = fit_twice(train_config, tmp_path, "augment=default")
     assert first["test"] == second["test"]

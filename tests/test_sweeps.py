@@ -199,11 +199,6 @@ def test_optuna_sweep_runs_trials_and_writes_the_best_one(tmp_path) -> None:
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed job returns NaN, which hydra-optuna-sweeper 1.3 (optuna 2.10) tells again in its error "
-    "path and so crashes the whole search; a None return is recorded as a failed trial (train.py change pending)",
-)
 def test_optuna_search_records_a_crashed_trial_as_failed_and_goes_on(tmp_path) -> None:
     result = run_train(
         "-m", "-cd", str(SWEEPS), "-cn", "optuna_search", *TINY_JOB, "test=false", "optimizer.lr=1e-3", "optimizer.weight_decay=0",

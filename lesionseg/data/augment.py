@@ -14,7 +14,13 @@ import numpy as np
 def augment_slice(
     augment: Callable[..., dict], image: np.ndarray, mask: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Apply `augment` to a (C, H, W) float32 image and its (H, W) mask together."""
+    """Apply `augment` to a (C, H, W) float32 image and its (H, W) mask together.
+
+    albumentations' Compose seeds itself from the OS; re-seeding it from NumPy's global generator on
+    every call puts augmentation under `seed_everything` and Lightning's per-worker seeds, so runs
+    repeat exactly and loader workers still draw different augmentations.
+    """
+    augment.set_random_seed(int(np.random.randint(2**31)))
     channels_last = np.ascontiguousarray(image.transpose(1, 2, 0))
     if mask is None:
         result = augment(image=channels_last)

@@ -15,6 +15,15 @@ from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from torch import nn
 
 
+def activation_options(num_classes: int) -> dict[str, bool]:
+    """MONAI loss flags for the contract: sigmoid on one lesion channel, else softmax + one-hot targets.
+
+    Background is scored only in the binary case, where it is the single channel's complement.
+    """
+    binary = num_classes == 1
+    return {"include_background": binary, "to_onehot_y": not binary, "sigmoid": binary, "softmax": not binary}
+
+
 class SegmentationLoss(nn.Module):
     """Base adapter: reshapes targets for the wrapped criterion and calls it on raw logits."""
 
@@ -31,8 +40,7 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.unsqueeze(1)
-        target = target.to(logits.dtype) if self.binary else target.long()
-        return self.criterion(logits.float(), target.float() if self.binary else target)
+        return self.criterion(logits.float(), target.float() if self.binary else target.long())
 
 
 class DiceCE(SegmentationLoss):
@@ -50,14 +58,10 @@ class DiceCE(SegmentationLoss):
         batch: bool = True,
         smooth: float = 1e-5,
     ) -> None:
-        binary = num_classes == 1
         super().__init__(
             num_classes,
             DiceCELoss(
-                include_background=binary,
-                to_onehot_y=not binary,
-                sigmoid=binary,
-                softmax=not binary,
+                **activation_options(num_classes),
                 batch=batch,
                 smooth_nr=smooth,
                 smooth_dr=smooth,
@@ -71,14 +75,10 @@ class Dice(SegmentationLoss):
     """Soft Dice alone (Buda et al.'s brain-segmentation U-Net trains on it)."""
 
     def __init__(self, num_classes: int, batch: bool = True, smooth: float = 1.0) -> None:
-        binary = num_classes == 1
         super().__init__(
             num_classes,
             DiceLoss(
-                include_background=binary,
-                to_onehot_y=not binary,
-                sigmoid=binary,
-                softmax=not binary,
+                **activation_options(num_classes),
                 batch=batch,
                 smooth_nr=smooth,
                 smooth_dr=smooth,

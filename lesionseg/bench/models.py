@@ -74,13 +74,20 @@ def images_per_second(
     steps: int,
     warmup: int,
     device: torch.device,
+    mode: str = "fp32",
 ) -> float:
-    """Training-mode forward + backward throughput on random images; warm-up steps not timed."""
-    model.to(device).train()
-    images = torch.randn(batch_size, in_channels, *input_size, device=device)
+    """Training-mode forward + backward throughput on random images; warm-up steps not timed.
+
+    `mode`: "fp32" (contiguous), "channels_last" (fp32, channels_last layout) or "bf16"
+    (channels_last under bf16 autocast, what `trainer.precision=bf16-mixed` does).
+    """
+    layout = torch.contiguous_format if mode == "fp32" else torch.channels_last
+    model.to(device, memory_format=layout).train()
+    images = torch.randn(batch_size, in_channels, *input_size, device=device).contiguous(memory_format=layout)
 
     def step() -> None:
-        output = model(images)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
+            output = model(images)
         loss = segmentation_logits(output).float().mean()
         if isinstance(output, dict) and "cls" in output:
             loss = loss + output["cls"].float().mean()
@@ -131,6 +138,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), action="append", help="repeatable (default: cpu, and cuda if available)"
     )
+    parser.add_argument(
+        "--modes", default="fp32,channels_last,bf16", help="comma-separated: fp32, channels_last, bf16 (vs fp32 in the same run)"
+    )
     return parser.parse_args(list(argv))
 
 
@@ -141,19 +151,26 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit("error: --device cuda asked but no CUDA device is available")
     entries = select(args.models)
     height, width = args.size
-    table = Table(title=f"Forward + backward throughput, batch {args.batch_size}, {height}x{width}")
-    for column in ("model", "params", *(f"{device} images/s" for device in devices)):
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = sorted(set(modes) - {"fp32", "channels_last", "bf16"})
+    if unknown:
+        raise SystemExit(f"error: unknown mode(s) {', '.join(unknown)}; available: fp32, channels_last, bf16")
+    table = Table(title=f"Forward + backward images/s, batch {args.batch_size}, {height}x{width} (x = vs the first mode)")
+    for column in ("model", "params", *(f"{device} {mode}" for device in devices for mode in modes)):
         table.add_column(column, justify="left" if column == "model" else "right")
     console = Console()
     for entry, model_config in model_configs(entries):
         model = hydra.utils.instantiate(model_config)
-        rates = [
-            images_per_second(
-                model, entry.in_channels, args.size, args.batch_size, args.steps, args.warmup, torch.device(device)
-            )
-            for device in devices
-        ]
-        table.add_row(entry.config, f"{trainable_parameters(model):,}", *(f"{rate:.1f}" for rate in rates))
+        cells = []
+        for device in devices:
+            rates = [
+                images_per_second(
+                    model, entry.in_channels, args.size, args.batch_size, args.steps, args.warmup, torch.device(device), mode
+                )
+                for mode in modes
+            ]
+            cells += [f"{rate:.1f}" + (f" ({rate / rates[0]:.1f}x)" if index else "") for index, rate in enumerate(rates)]
+        table.add_row(entry.config, f"{trainable_parameters(model):,}", *cells)
         del model
     console.print(table)
     console.print(

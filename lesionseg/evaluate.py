@@ -89,6 +89,8 @@ def evaluate(arguments: Sequence[str]) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data, augment=None)
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "fit")
+    if not datamodule.split.get(split):
+        raise UsageError(f"{checkpoint_path}: the {split} split of data {cfg.data.name} holds no subjects; use split=val")
     net = hydra.utils.instantiate(cfg.model)
     module = build_module(cfg, net, output_dir)
     module.load_state_dict(checkpoint["state_dict"])

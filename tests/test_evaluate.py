@@ -1,0 +1,67 @@
+"""`python -m lesionseg.evaluate`: a checkpoint rebuilds its model and data and reproduces its test numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lesionseg.config import UsageError
+from lesionseg.evaluate import evaluate
+from lesionseg.train import train
+
+TINY = (
+    "data.num_training=10",
+    "data.num_testing=0",
+    "data.volume_shape=[64,64,16]",
+    "data.num_workers=0",
+    "model.base_channels=8",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+)
+
+
+@pytest.fixture
+def trained_run(train_config) -> dict:
+    _, summary = train(train_config(*TINY))
+    return summary
+
+
+def test_evaluate_reproduces_the_test_stage_from_the_checkpoint(trained_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "evaluation"
+    result = evaluate([f"ckpt_path={trained_run['best_checkpoint']}", f"output_dir={out}"])
+    assert result["model"] == "unet_small" and result["split"] == "test"
+    for name in ("dice", "iou", "precision", "recall"):
+        assert result["test"][name] == pytest.approx(trained_run["test"][name], abs=1e-6)
+    written = json.loads((out / "summary.json").read_text())
+    assert written["params"] == trained_run["params"]
+    subjects = pd.read_csv(out / "test_subjects.csv")
+    original = pd.read_csv(Path(trained_run["run_dir"]) / "test_subjects.csv")
+    assert subjects["subject"].tolist() == original["subject"].tolist()
+
+
+def test_evaluate_on_the_validation_split_with_an_override(trained_run: dict, tmp_path: Path) -> None:
+    result = evaluate([f"ckpt_path={trained_run['last_checkpoint']}", "split=val", "inference.tta_flips=[[3]]", f"output_dir={tmp_path / 'val'}"])
+    assert result["split"] == "val" and result["overrides"] == ["inference.tta_flips=[[3]]"]
+    val_subjects = json.loads((Path(trained_run["run_dir"]) / "split.json").read_text())["val"]
+    assert sorted(pd.read_csv(tmp_path / "val" / "test_subjects.csv")["subject"]) == sorted(val_subjects)
+
+
+def test_evaluate_refuses_bad_input(trained_run: dict, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="checkpoint file not found: /nonexistent.ckpt"):
+        evaluate(["ckpt_path=/nonexistent.ckpt"])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UsageError, match="carries no lesionseg config"):
+        evaluate([f"ckpt_path={foreign}"])
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "mine.txt").write_text("user data")
+    with pytest.raises(UsageError, match="exists and is not empty"):
+        evaluate([f"ckpt_path={trained_run['best_checkpoint']}", f"output_dir={occupied}"])
+    assert (occupied / "mine.txt").read_text() == "user data"
+    with pytest.raises(UsageError, match="ckpt_path=<checkpoint file> is required"):
+        evaluate(["split=val"])

@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -x $(PY) || $(PYTHON) -m uv venv --quiet --python $(PYTHON) $(VENV)
-	$(PYTHON) -m uv pip install --quiet --python $(PY) -e ".[dev]"
+	$(PYTHON) -m uv pip install --quiet --compile-bytecode --python $(PY) -e ".[dev]"
 	$(PY) -c "import torch, torchvision, timm, segmentation_models_pytorch; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	@touch $(STAMP)
 

@@ -101,6 +101,7 @@ class SegmentationModule(L.LightningModule):
         grid: int = 1,
         tta_flips: list[list[int]] | None = None,
         cleanup: LesionCleanup | None = None,
+        cls_gate: float | None = None,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -119,6 +120,7 @@ class SegmentationModule(L.LightningModule):
         self.grid = grid
         self.tta_flips = [list(dims) for dims in tta_flips or []]
         self.cleanup = cleanup if cleanup is not None and cleanup.active else None
+        self.cls_gate = cls_gate
         self.run_config = run_config
         self.metrics = nn.ModuleDict({f"{stage}_": slice_metrics(num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")})
         self.test_subjects = SubjectAccumulator()
@@ -136,15 +138,23 @@ class SegmentationModule(L.LightningModule):
         """Per-class probabilities: sigmoid for a binary mask, softmax otherwise."""
         return torch.sigmoid(seg_logits) if self.num_classes == 1 else torch.softmax(seg_logits, dim=1)
 
-    def predict_mask(self, seg_logits: torch.Tensor, refine: bool = False) -> torch.Tensor:
+    def predict_mask(self, seg_logits: torch.Tensor, refine: bool = False, cls_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Class-index mask (B, H, W): sigmoid > threshold when binary, argmax otherwise.
 
-        `refine` applies the configured component clean-up (binary masks; test and predict only).
+        `refine` (test and predict only) applies the configured component clean-up (binary masks)
+        and, with `cls_gate` set and a classifier output given, empties every slice whose lesion
+        probability is below the gate (the few-label stroke study's classifier gating).
         """
         if self.num_classes > 1:
-            return seg_logits.argmax(dim=1)
-        mask = (torch.sigmoid(seg_logits[:, 0].float()) > self.threshold).long()
-        return self.cleanup(mask) if refine and self.cleanup is not None else mask
+            mask = seg_logits.argmax(dim=1)
+        else:
+            mask = (torch.sigmoid(seg_logits[:, 0].float()) > self.threshold).long()
+            if refine and self.cleanup is not None:
+                mask = self.cleanup(mask)
+        if refine and self.cls_gate is not None and cls_logits is not None:
+            lesion_probability = torch.sigmoid(cls_logits.float()).reshape(len(mask), -1).amax(dim=1)
+            mask = mask * (lesion_probability >= self.cls_gate).to(mask.dtype)[:, None, None]
+        return mask
 
     def whole_slice_output(self, image: torch.Tensor) -> torch.Tensor | Mapping[str, torch.Tensor]:
         """Model output for whole slices; a model trained on a KxK grid predicts tile by tile."""
@@ -168,13 +178,13 @@ class SegmentationModule(L.LightningModule):
             output = self(image) if stage == "train" else self.whole_slice_output(image)
             seg_logits, cls_logits = split_output(output)
             deep = output.get("deep_supervision") if isinstance(output, Mapping) else None
-            loss = self.deep_supervision_loss(deep, mask) if deep is not None else self.loss(seg_logits, mask)
+            loss = self.deep_supervision_loss(seg_logits, deep, mask) if deep is not None else self.loss(seg_logits, mask)
         if cls_logits is not None:
             has_lesion = (mask > 0).flatten(1).any(dim=1, keepdim=True).to(cls_logits.dtype)
             cls_loss = self.cls_loss(cls_logits.float(), has_lesion.float())
             self.log(f"{stage}/cls_loss", cls_loss, on_step=False, on_epoch=True, batch_size=len(image), sync_dist=True)
             loss = loss + self.cls_loss_weight * cls_loss
-        prediction = self.predict_mask(seg_logits, refine=inference)
+        prediction = self.predict_mask(seg_logits, refine=inference, cls_logits=cls_logits)
         metrics = self.metrics[f"{stage}_"]
         metrics.update(prediction, mask)
         # Lightning computes, syncs across ranks and resets the metric objects at epoch end.
@@ -183,11 +193,13 @@ class SegmentationModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(image), sync_dist=True)
         return loss, prediction, seg_logits
 
-    def deep_supervision_loss(self, outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """nnU-Net's deep supervision: losses of the (B, N, K, H, W) heads, weights 1/2^i normalised.
+    def deep_supervision_loss(self, seg_logits: torch.Tensor, auxiliary: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's deep supervision: the main head's loss plus the (B, N, K, H, W) auxiliary heads'.
 
-        Head 0 is the full-resolution output (MONAI DynUNet upsamples every head to it).
+        Weights are 1, 1/2, 1/4, ... from the full-resolution main head down, normalised to sum to 1
+        (MONAI DynUNet upsamples every auxiliary head to the full resolution).
         """
+        outputs = torch.cat([seg_logits[:, None], auxiliary], dim=1)
         weights = torch.tensor([0.5**index for index in range(outputs.shape[1])])
         weights = weights / weights.sum()
         return sum(weight * self.loss(outputs[:, index], mask) for index, weight in enumerate(weights.tolist()))
@@ -210,7 +222,7 @@ class SegmentationModule(L.LightningModule):
             "subject": batch["subject"],
             "slice_index": batch["slice_index"],
             "probabilities": self.probabilities(seg_logits),
-            "mask": self.predict_mask(seg_logits, refine=True),
+            "mask": self.predict_mask(seg_logits, refine=True, cls_logits=cls_logits),
         }
         if cls_logits is not None:
             output["cls_probability"] = torch.sigmoid(cls_logits)

@@ -87,6 +87,7 @@ def build_module(cfg: DictConfig, net: torch.nn.Module, output_dir: Path | None)
         grid=cfg.data.get("grid", 1),
         tta_flips=cfg.inference.tta_flips,
         cleanup=LesionCleanup(cfg.inference.keep_largest, cfg.inference.min_size),
+        cls_gate=cfg.inference.get("cls_gate"),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
 
@@ -94,8 +95,6 @@ def build_module(cfg: DictConfig, net: torch.nn.Module, output_dir: Path | None)
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit, test with the best checkpoint, write summary.json; return (optimised metric, summary)."""
     started = time.perf_counter()
-    if OmegaConf.is_missing(cfg.data, "root"):
-        raise UsageError(f"data.root is not set: pass data.root=<folder of the {cfg.data.name} dataset>")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.get("resume_dir"), output_dir)
@@ -201,7 +200,12 @@ def main(cfg: DictConfig) -> float | None:
             optimized, _ = train(cfg)
             return optimized
         except InstantiationException as wrapped:  # a config's constructor refused its arguments
-            raise (wrapped.__cause__ if isinstance(wrapped.__cause__, KNOWN_ERRORS) else wrapped) from None
+            cause = wrapped.__cause__
+            if isinstance(cause, KNOWN_ERRORS):
+                raise cause from None
+            if isinstance(cause, ValueError):  # a bad config value (e.g. data.slices=x): one line, exit 2
+                raise UsageError(str(cause)) from None
+            raise
     except KNOWN_ERRORS as error:
         if multirun:
             log.error("job %s failed: %s", HydraConfig.get().job.num, error)

@@ -118,6 +118,7 @@ BAD_INPUTS = {
     "truncated image": ("image", _truncate, "unreadable NIfTI"),
     "not gzip": ("image", lambda p: p.write_bytes(gzip.compress(b"")[:5]), "unreadable NIfTI"),
     "NaN voxel": ("image", lambda p: _rewrite(p, lambda v: np.where(v == v.max(), np.nan, v)), "NaN or infinite"),
+    "inf voxel": ("image", lambda p: _rewrite(p, lambda v: np.where(v == v.max(), -np.inf, v)), "NaN or infinite"),
     "mask shape": ("mask", lambda p: _rewrite(p, lambda v: v[:-2]), "mask shape .* differs from image shape"),
 }
 

@@ -214,14 +214,13 @@ def test_stored_case_pickles_without_its_arrays(r2_root: Path, tmp_path: Path) -
 # ---- augmentation ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", ["default", "strong", "square"])
+@pytest.mark.parametrize("config", ["default", "strong", "square", "buda_lgg", "unext_lgg", "stroke_fewshot"])
 def test_augmentation_keeps_image_and_mask_aligned(config: str) -> None:
     from omegaconf import OmegaConf
 
     augment = instantiate(OmegaConf.load(Path("conf/augment") / f"{config}.yaml"))
     assert isinstance(augment, A.Compose)
-    rng = np.random.default_rng(0)
-    size = (48, 48) if config == "square" else (56, 40)
+    size = (48, 48) if config in ("square", "unext_lgg") else (56, 40)
     mask = np.zeros(size, dtype=np.uint8)
     mask[8:30, 6:20] = 1
     mask[35:45, 25:33] = 1
@@ -262,7 +261,7 @@ def test_synthetic_data_config_builds_the_default_datamodule(train_config, tmp_p
 
 def test_atlas_config_without_root_names_data_root(train_config) -> None:
     module = instantiate(train_config("data=atlas").data)
-    with pytest.raises(Exception, match=r"data\.root=None is not set; looked for ATLAS R2\.0"):
+    with pytest.raises(Exception, match=r"data\.root is not set: pass data\.root=<folder of the atlas dataset>; looked for ATLAS R2\.0"):
         module.prepare_data()
 
 
@@ -274,3 +273,18 @@ def test_data_benchmark_reports_store_speedup_and_loader_rate(tmp_path: Path, ca
     assert results["store_speedup"] == pytest.approx(results["store_slices_per_s"] / results["nifti_slices_per_s"])
     assert results["store_speedup"] > 1 and results["loader_slices_per_s"] > 0
     assert "store speed-up" in capsys.readouterr().out
+
+
+def test_loaders_never_decode_a_nifti_after_the_store_is_built(r2_root: Path, tmp_path: Path, monkeypatch) -> None:
+    import nibabel
+
+    module = atlas_module(r2_root, tmp_path / "cache")
+    module.prepare_data()
+    module.setup("fit")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a NIfTI was decoded while reading batches")
+
+    monkeypatch.setattr(nibabel, "load", refuse)
+    batches = [batch for loader in (module.train_dataloader(), module.val_dataloader(), module.test_dataloader()) for batch in loader]
+    assert sum(len(batch["image"]) for batch in batches) > 0

@@ -36,7 +36,8 @@ def test_evaluate_reproduces_the_test_stage_from_the_checkpoint(trained_run: dic
     assert result["model"] == "unet_small" and result["split"] == "test"
     for name in ("dice", "iou", "precision", "recall"):
         assert result["test"][name] == pytest.approx(trained_run["test"][name], abs=1e-6)
-    written = json.loads((out / "summary.json").read_text())
+    written = json.loads((out / "evaluation.json").read_text())
+    assert not (out / "summary.json").exists()  # compare reads training summaries only
     assert written["params"] == trained_run["params"]
     subjects = pd.read_csv(out / "test_subjects.csv")
     original = pd.read_csv(Path(trained_run["run_dir"]) / "test_subjects.csv")
@@ -65,3 +66,15 @@ def test_evaluate_refuses_bad_input(trained_run: dict, tmp_path: Path) -> None:
     assert (occupied / "mine.txt").read_text() == "user data"
     with pytest.raises(UsageError, match="ckpt_path=<checkpoint file> is required"):
         evaluate(["split=val"])
+
+
+def test_compare_reads_a_real_run_once_even_after_its_checkpoint_was_evaluated(trained_run: dict, tmp_path: Path) -> None:
+    from lesionseg.compare import compare
+
+    evaluate([f"ckpt_path={trained_run['best_checkpoint']}"])  # lands in <run>/evaluate/<timestamp>/
+    run_dir = Path(trained_run["run_dir"])
+    folder, _ = compare([run_dir], tmp_path / "report")
+    runs = pd.read_csv(folder / "runs.csv")
+    assert len(runs) == 1 and runs.loc[0, "dice"] == pytest.approx(trained_run["test"]["dice"], abs=1e-4)
+    table = pd.read_csv(folder / "table.csv")
+    assert table.loc[0, "n"] == 1

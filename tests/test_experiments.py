@@ -121,6 +121,7 @@ CONTRACT: dict[str, dict[str, Any]] = {
             "inference.tta_flips": [[3]],
             "inference.keep_largest": True,
             "inference.min_size": 1200,
+            "inference.cls_gate": 0.5,
         },
         "loss": (WeightedCE, {}),
         "augment": [

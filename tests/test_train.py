@@ -98,7 +98,7 @@ def test_wandb_offline_writes_a_run_folder_without_network(train_config, monkeyp
     ("arguments", "message"),
     [
         (["model=nope"], "unknown model 'nope' in 'model=nope'; available:"),
-        (["data=atlas"], "data.root=None is not set; looked for ATLAS"),
+        (["data=atlas"], "data.root is not set: pass data.root=<folder of the atlas dataset>; looked for ATLAS"),
         (["ckpt_path=/nonexistent/x.ckpt"], "checkpoint file not found: /nonexistent/x.ckpt"),
     ],
 )

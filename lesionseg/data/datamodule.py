@@ -60,6 +60,8 @@ class LesionDataModule(L.LightningDataModule):
         augment: Callable[..., dict] | None = None,
     ):
         super().__init__()
+        if not 0 <= fold < num_folds:
+            raise ValueError(f"data.fold={fold}: use 0..{num_folds - 1} (data.num_folds={num_folds})")
         if slices not in SLICE_SELECTIONS:
             raise ValueError(f"data.slices={slices!r}: use one of {', '.join(SLICE_SELECTIONS)}")
         if (slices == "ratio") != (lesion_ratio is not None) or (lesion_ratio is not None and lesion_ratio <= 0):
@@ -95,8 +97,10 @@ class LesionDataModule(L.LightningDataModule):
         if self._cases is None:
             looked_for = getattr(self.layout, "looks_for", self.layout.name)
             root = Path(self.root).expanduser() if self.root else None
-            if root is None or not root.is_dir() or not any(root.iterdir()):
-                state = "is not set" if root is None else "is missing" if not root.is_dir() else "is empty"
+            if root is None:
+                raise DataError(f"data.root is not set: pass data.root=<folder of the {self.name} dataset>; looked for {looked_for}")
+            if not root.is_dir() or not any(root.iterdir()):
+                state = "is missing" if not root.is_dir() else "is empty"
                 raise DataError(f"data.root={self.root} {state}; looked for {looked_for}")
             if not self.layout.detect(root):
                 raise DataError(f"data.root={root} holds no known layout; looked for {looked_for}")

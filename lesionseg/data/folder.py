@@ -57,7 +57,7 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _planes(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def read_planes(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """A file as (Z, H, W) or (Z, H, W, C) planes and its affine (NIfTI only)."""
     suffix = split_suffix(path)[1]
     if suffix in NIFTI_SUFFIXES:
@@ -132,8 +132,8 @@ class FolderLayout:
 
     def load(self, case: Case) -> CaseArrays:
         (image_path,), (mask_path,) = case.image, case.mask
-        image_planes, affine = _planes(image_path)
-        mask_planes, _ = _planes(mask_path)
+        image_planes, affine = read_planes(image_path)
+        mask_planes, _ = read_planes(mask_path)
         return CaseArrays(
             image=to_channels(image_planes, self.channels, image_path),
             mask=to_label_planes(mask_planes, mask_path),

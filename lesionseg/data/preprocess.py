@@ -83,6 +83,29 @@ class Preprocess:
                 image, mask = _resize(image, mask, self.target_size)
         return np.ascontiguousarray(image), None if mask is None else np.ascontiguousarray(mask)
 
+    def restore(self, planes: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_NEAREST_EXACT) -> np.ndarray:
+        """Map model-space planes (..., H', W') back onto the decoded slice grid (..., H, W) = `size`.
+
+        The inverse of the geometric steps of `__call__`: undo pad/centre-crop (exact) or resize
+        (`interpolation`: nearest for masks, linear for probabilities), then put the crop back in
+        place; what lay outside the crop is 0. Used to write predictions in the scan's own geometry.
+        """
+        if self.crop is not None:
+            (r0, r1), (c0, c1) = self.crop
+            cropped_size = (r1 - r0, c1 - c0)
+        else:
+            cropped_size = tuple(size)
+        if tuple(planes.shape[-2:]) != cropped_size:
+            if self.resize_mode == "pad":
+                planes = _pad_or_crop(planes, cropped_size)
+            else:
+                planes = _resize_planes(planes, cropped_size, interpolation)
+        if self.crop is None:
+            return np.ascontiguousarray(planes)
+        restored = np.zeros((*planes.shape[:-2], *size), dtype=planes.dtype)
+        restored[..., r0:r1, c0:c1] = planes
+        return restored
+
     def _normalise(self, image: np.ndarray) -> np.ndarray:
         brain = image != 0
         if self.clip_percentiles is not None and brain.any():
@@ -117,13 +140,17 @@ def _pad_or_crop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return array
 
 
+def _resize_planes(planes: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """Resize every (H, W) plane of a (..., H, W) array to `size` with an OpenCV interpolation."""
+    height, width = size
+    flat = planes.reshape(-1, *planes.shape[-2:])
+    dtype = planes.dtype
+    working = flat.astype(np.float32) if dtype not in (np.uint8, np.float32) else flat
+    resized = np.stack([cv2.resize(plane, (width, height), interpolation=interpolation) for plane in working])
+    return resized.astype(dtype, copy=False).reshape(*planes.shape[:-2], height, width)
+
+
 def _resize(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Bilinear image / nearest-neighbour mask resize of every slice to `size` (H, W)."""
-    height, width = size
-    z, c = image.shape[:2]
-    planes = image.reshape(z * c, *image.shape[2:])
-    resized = np.stack([cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in planes])
-    image = resized.reshape(z, c, height, width)
-    if mask is not None:
-        mask = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST_EXACT) for m in mask])
-    return image, mask
+    image = _resize_planes(image, size, cv2.INTER_LINEAR)
+    return image, None if mask is None else _resize_planes(mask, size, cv2.INTER_NEAREST_EXACT)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lesionseg.data.cases import DataError
+
 
 def split_subjects(
     subjects: list[str],
@@ -32,7 +34,7 @@ def split_subjects(
     test = [s for i, s in enumerate(ordered) if i in test_positions]
     pool = [s for i, s in enumerate(ordered) if i not in test_positions]
     if len(pool) < num_folds:
-        raise ValueError(
+        raise DataError(
             f"{len(ordered)} subjects leave {len(pool)} for {num_folds}-fold cross-validation "
             f"(test_fraction={test_fraction}); need at least {num_folds}"
         )

@@ -169,10 +169,10 @@ class SliceStore:
         try:
             image, mask = self.preprocess(arrays.image, arrays.mask)
         except ValueError as exc:
-            raise ValueError(f"{case.image[0]}: {exc}") from exc
+            raise DataError(f"{case.image[0]}: {exc}") from exc
         peak = float(np.abs(image).max(initial=0.0))
         if peak > FLOAT16_MAX:
-            raise ValueError(
+            raise DataError(
                 f"{case.image[0]}: preprocessed intensities reach {peak:.3g}, beyond float16; "
                 "choose a data.preprocess.normalisation other than none"
             )

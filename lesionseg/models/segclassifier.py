@@ -5,7 +5,7 @@ recognition of tomographic images", 2021; seed 003).
 The study's model has two parts: a segmenter, "an encoder and a decoder with skip-connections and
 higher dilation parameter", and a classifier, "a linear layer with sigmoid at the output of the
 encoder"; segmentation is kept only where the classifier sees a stroke (gating happens at
-inference, outside the model). The study gives no widths, so we build it from
+inference, outside the model: `inference.cls_gate`). The study gives no widths, so we build it from
 segmentation_models_pytorch: a U-Net decoder on a ResNet encoder whose deep stages are dilated
 instead of strided (`output_stride=8`: the stride-16 and stride-32 stages run at stride 8 with
 dilation 2 and 4), and smp's classification head on the deepest encoder features (global average

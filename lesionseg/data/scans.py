@@ -1,0 +1,172 @@
+"""Scans to predict on, and their predicted masks written back in each scan's own format and geometry.
+
+A *scan* is a case without the need for a mask: a file (or a dataset layout's case) that is decoded
+into (Z, C, H, W) slices exactly as in training. Two sources:
+
+- `input_scans(path)`: a file or a folder of files, each file one scan: NIfTI volumes
+  (`.nii`/`.nii.gz`, cut into axial slices as for ATLAS), 2D pictures (PNG/JPG/TIFF) and single-frame
+  DICOM slices. Files whose stem ends in `_mask` (LGG's masks, and this tool's own outputs) are skipped.
+- `layout_scans(cases, layout)`: the cases a dataset layout found under `data.root` (e.g. ATLAS
+  R2.0 `Testing/` subjects, which have no mask).
+
+`write_prediction` puts the mask where a researcher looks for it, in the geometry of the source:
+a NIfTI scan gets `<subject>_mask.nii.gz` with the source's affine and header (so it overlays the scan
+in any viewer); a scan made of 2D files gets one `<stem>_mask.png` (0/255, or class indices) per
+slice. Every file is written under a temporary name and renamed, so no half-written mask is left.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+
+from lesionseg.data.cases import Case, CaseArrays, DataError, Layout
+from lesionseg.data.folder import NIFTI_SUFFIXES, SUFFIXES, split_suffix, read_planes, to_channels
+from lesionseg.data.image_files import read_dicom_pixels
+from lesionseg.data.nifti import axial_volume
+
+DICOM_SUFFIX = ".dcm"
+MASK_STEM_SUFFIX = "_mask"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One scan: its case (subject id, source files in slice order) and how to decode it."""
+
+    case: Case
+    decode: Callable[[], CaseArrays]
+
+    @property
+    def is_volume(self) -> bool:
+        """True when the scan is one NIfTI volume (the mask is written as NIfTI beside its geometry)."""
+        return len(self.case.image) == 1 and self.case.image[0].name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _scan_suffix(path: Path) -> str | None:
+    """The supported suffix of a scan file, or None for files that are not scans."""
+    if path.name.lower().endswith(DICOM_SUFFIX):
+        return DICOM_SUFFIX
+    try:
+        return split_suffix(path)[1]
+    except DataError:
+        return None
+
+
+def _decode_file(path: Path, channels: int) -> CaseArrays:
+    """One scan file as (Z, channels, H, W) float32 (a NIfTI keeps its affine)."""
+    if path.name.lower().endswith(DICOM_SUFFIX):
+        return CaseArrays(image=to_channels(read_dicom_pixels(path)[np.newaxis], channels, path), mask=None)
+    planes, affine = read_planes(path)
+    return CaseArrays(image=to_channels(planes, channels, path), mask=None, affine=affine)
+
+
+def input_scans(path: Path, channels: int) -> list[Scan]:
+    """Every scan file at `path` (a file, or a folder searched recursively), sorted by subject id.
+
+    The subject id is the file's path below the folder without its suffix, `/` replaced by `_`.
+    """
+    path = path.expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: input not found")
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    scans = []
+    for file in files:
+        suffix = _scan_suffix(file)
+        if suffix is None:
+            if path.is_file():
+                raise DataError(f"{file}: unsupported file type (use {', '.join((*SUFFIXES, DICOM_SUFFIX))})")
+            continue
+        relative = file.relative_to(path) if path.is_dir() else Path(file.name)
+        subject = str(relative)[: -len(suffix)].replace(os.sep, "_")
+        if subject.endswith(MASK_STEM_SUFFIX):
+            continue
+        scans.append(Scan(Case(subject, (file,)), lambda file=file: _decode_file(file, channels)))
+    if not scans:
+        raise DataError(f"{path}: no scans found (looked for {', '.join((*SUFFIXES, DICOM_SUFFIX))} files)")
+    return sorted(scans, key=lambda scan: scan.case.subject)
+
+
+def layout_scans(cases: list[Case], layout: Layout) -> list[Scan]:
+    """Scans for the cases a dataset layout found; decoding goes through the layout itself."""
+    return [Scan(case, lambda case=case: layout.load(case)) for case in cases]
+
+
+def _save_atomic(path: Path, save: Callable[[Path], object]) -> None:
+    """Save through `save(temporary path)` beside `path` (same suffix), then rename into place."""
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    temporary = path.with_name(f".{path.name}.tmp{suffix}")
+    try:
+        save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _write_nifti_mask(source: Path, mask: np.ndarray, path: Path) -> None:
+    """(Z, H, W) axial mask -> NIfTI with the source's affine and header, uint8."""
+    reference = nib.load(str(source))
+    volume = axial_volume(mask.astype(np.uint8))
+    image = nib.Nifti1Image(volume, reference.affine, reference.header)
+    image.set_data_dtype(np.uint8)
+    image.header.set_slope_inter(1.0, 0.0)
+    _save_atomic(path, lambda temporary: nib.save(image, str(temporary)))
+
+
+def _write_png(mask: np.ndarray, path: Path, binary: bool) -> None:
+    picture = (mask > 0).astype(np.uint8) * 255 if binary else mask.astype(np.uint8)
+    _save_atomic(path, lambda temporary: cv2.imwrite(str(temporary), picture) or _raise_unwritable(path))
+
+
+def _raise_unwritable(path: Path) -> None:
+    raise DataError(f"{path}: could not write the mask")
+
+
+def voxel_volume_ml(scan: Scan) -> float | None:
+    """Volume of one voxel in millilitres (NIfTI scans; None for 2D pictures without spacing)."""
+    if not scan.is_volume:
+        return None
+    zooms = nib.load(str(scan.case.image[0])).header.get_zooms()[:3]
+    return float(np.prod(zooms)) / 1000.0
+
+
+def write_prediction(scan: Scan, mask: np.ndarray, folder: Path, binary: bool = True) -> list[Path]:
+    """Write the (Z, H, W) mask of `scan` (decoded slice geometry) into `folder`; return the files."""
+    subject = scan.case.subject
+    if scan.is_volume:
+        path = folder / f"{subject}{MASK_STEM_SUFFIX}.nii.gz"
+        _write_nifti_mask(scan.case.image[0], mask, path)
+        return [path]
+    if len(scan.case.image) == 1:  # one picture: one slice (or a multi-page file written page by page)
+        names = [f"{subject}{MASK_STEM_SUFFIX}.png"] if len(mask) == 1 else [f"{subject}_{z:03d}{MASK_STEM_SUFFIX}.png" for z in range(len(mask))]
+        paths = [folder / name for name in names]
+    else:  # one file per slice (LGG TIFFs, DICOM slices): one mask per source file, in a subject folder
+        if len(scan.case.image) != len(mask):
+            raise DataError(f"{scan.case.image[0]}: {len(scan.case.image)} slice files but {len(mask)} predicted slices")
+        (folder / subject).mkdir(parents=True, exist_ok=True)
+        paths = [folder / subject / f"{split_stem(source)}{MASK_STEM_SUFFIX}.png" for source in scan.case.image]
+    for plane, path in zip(mask, paths):
+        _write_png(plane, path, binary)
+    return paths
+
+
+def write_probabilities(scan: Scan, probabilities: np.ndarray, folder: Path) -> Path:
+    """Save (Z, K, H, W) class probabilities as `<subject>_probabilities.npz` (float16, nnU-Net's habit)."""
+    path = folder / f"{scan.case.subject}_probabilities.npz"
+    _save_atomic(path, lambda temporary: np.savez_compressed(temporary, probabilities=probabilities.astype(np.float16)))
+    return path
+
+
+def split_stem(path: Path) -> str:
+    """A file's name without its scan suffix (`.nii.gz` and `.dcm` included)."""
+    suffix = _scan_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem

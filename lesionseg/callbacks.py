@@ -1,7 +1,11 @@
-"""Callbacks the config tree builds: optional early stopping and a training-throughput meter."""
+"""Callbacks: optional early stopping, a training-throughput meter, and the validation history.
+
+The config tree builds early stopping; `train` adds the other two to every run.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -46,3 +50,36 @@ class ThroughputMonitor(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.images_per_second is not None:
             pl_module.log("train/images_per_s", self.images_per_second)
+
+
+class ValidationHistory(Callback):
+    """Every validation epoch's `val/*` metrics, so summary.json can report the best epoch in full.
+
+    The history is part of the callback's state, so it travels in every checkpoint: a resumed run
+    keeps the epochs before the interruption, and a run whose fit ran in spawned processes
+    (`ddp_spawn`) reads it back from `last.ckpt`. Lightning runs checkpoint callbacks last, so a
+    checkpoint written at the end of a validation already holds that epoch.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
+        self.epochs.append({"epoch": trainer.current_epoch, **metrics})
+
+    def best(self, metric: str, mode: str) -> dict[str, float]:
+        """The recorded epoch with the best `metric` (first of ties), or {} when none has it."""
+        scored = [epoch for epoch in self.epochs if math.isfinite(epoch.get(metric, math.nan))]
+        if not scored:
+            return {}
+        choose = max if mode == "max" else min
+        return choose(scored, key=lambda epoch: epoch[metric])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": list(self.epochs)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict.get("epochs", []))

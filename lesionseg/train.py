@@ -23,9 +23,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from lesionseg.callbacks import ThroughputMonitor
+from lesionseg.callbacks import ThroughputMonitor, ValidationHistory
 from lesionseg.config import UsageError, check_overrides, exit_on_usage_error, register_resolvers, resolve_checkpoint
 from lesionseg.data.cases import DataError
 from lesionseg.module import SegmentationModule
@@ -105,14 +106,17 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     (output_dir / "split.json").write_text(json.dumps(datamodule.split, indent=2))
+    OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
 
     net = hydra.utils.instantiate(cfg.model)
     if cfg.get("compile"):
         net = torch.compile(net)
     module = build_module(cfg, net, output_dir)
-    throughput = ThroughputMonitor()
+    history = ValidationHistory()
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=[*instantiate_list(cfg.get("callbacks")), throughput], logger=build_loggers(cfg) or False
+        cfg.trainer,
+        callbacks=[*instantiate_list(cfg.get("callbacks")), ThroughputMonitor(), history],
+        logger=build_loggers(cfg) or False,
     )
     for logger in trainer.loggers:
         logger.log_hyperparams({"params": count_parameters(net), "config": OmegaConf.to_container(cfg, resolve=True)})
@@ -131,8 +135,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         trainer.test(module, dataloaders=loader, ckpt_path=best_path or (ckpt_path if not cfg.train else None))
         test_metrics = plain_metrics(trainer.callback_metrics, "test/")
 
+    progress = training_progress(trainer, checkpoint, history)
+    best_epoch = history.best(cfg.optimized_metric, cfg.optimized_mode)
     best_score = checkpoint.best_model_score if checkpoint is not None else None
-    optimized = float(best_score) if best_score is not None else fit_metrics.get(cfg.optimized_metric)
+    optimized = float(best_score) if best_score is not None else best_epoch.get(cfg.optimized_metric, fit_metrics.get(cfg.optimized_metric))
     summary = {
         "status": "ok",
         "model": cfg.model_name,
@@ -141,12 +147,12 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         "fold": cfg.data.get("fold"),
         "seed": cfg.seed,
         "params": count_parameters(net),
-        **training_progress(trainer, checkpoint),
+        **progress,
         "best_checkpoint": best_path,
         "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint is not None and checkpoint.dirpath else None,
         "resumed_from": ckpt_path,
         "optimized_metric": cfg.optimized_metric,
-        "best_val": {cfg.optimized_metric: optimized},
+        "best_val": {**best_epoch, cfg.optimized_metric: optimized},
         "last_val": {key: value for key, value in fit_metrics.items() if key.startswith("val/")},
         "test_split": test_split,
         "test": {key.removeprefix("test/subject_"): value for key, value in test_metrics.items() if key.startswith("test/subject_")},
@@ -162,16 +168,28 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if trainer.is_global_zero:
         write_summary(output_dir / "summary.json", summary)
         print_results(summary)
+    finish_wandb(trainer)
     return optimized, summary
 
 
-def training_progress(trainer: L.Trainer, checkpoint: Any) -> dict[str, int]:
-    """Completed epochs and optimiser steps; read from last.ckpt when fit ran in spawned processes."""
+def finish_wandb(trainer: L.Trainer) -> None:
+    """Close this run's wandb run: otherwise the next job of a multirun (same process) logs into it."""
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb  # only runs that log to wandb pay for importing it
+
+        wandb.finish()
+
+
+def training_progress(trainer: L.Trainer, checkpoint: Any, history: ValidationHistory) -> dict[str, int]:
+    """Completed epochs and optimiser steps; read from last.ckpt (with the validation history)
+    when fit ran in spawned processes, which leave this process's trainer and callbacks untouched."""
     epochs, steps = trainer.current_epoch, trainer.global_step
     last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint is not None and checkpoint.dirpath else None
     if epochs == 0 and last is not None and last.is_file():
         saved = torch.load(last, map_location="cpu", weights_only=False)
         epochs, steps = saved["epoch"] + 1, saved["global_step"]
+        if not history.epochs:
+            history.load_state_dict(saved.get("callbacks", {}).get(history.state_key, {}))
     return {"epochs": epochs, "global_step": steps}
 
 

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from lesionseg.train import train
 
@@ -62,6 +65,11 @@ def test_short_run_lowers_loss_raises_dice_and_writes_the_run_folder(train_confi
     written = json.loads((run / "summary.json").read_text())
     assert SUMMARY_FIELDS <= set(written)
     assert written["epochs"] == 4 and written["throughput_img_s"] > 0
+    best_epoch = int(np.argmax(val_dice))
+    assert written["best_val"]["epoch"] == best_epoch
+    assert written["best_val"]["val/loss"] == pytest.approx(metrics.dropna(subset=["val/loss"])["val/loss"].tolist()[best_epoch], abs=1e-5)
+    resolved = OmegaConf.load(run / "resolved_config.yaml")
+    assert resolved.paths.output_dir == str(run) and resolved.model_name == "unet_small"
     assert {"dice", "iou", "precision", "recall"} <= set(written["test"])
     assert (run / "checkpoints" / "last.ckpt").is_file() and Path(written["best_checkpoint"]).is_file()
     assert sorted(p.name for p in (run / "overlays").glob("*.png"))
@@ -83,15 +91,25 @@ def test_checkpoint_resumes_in_another_run(train_config, tmp_path) -> None:
     assert second["epochs"] == 2
     assert second["global_step"] == 2 * first["global_step"]
     assert second["resumed_from"] == first["last_checkpoint"]
+    saved = torch.load(second["last_checkpoint"], map_location="cpu", weights_only=False)
+    assert [epoch["epoch"] for epoch in saved["callbacks"]["ValidationHistory"]["epochs"]] == [0, 1]  # history resumed
 
 
-def test_wandb_offline_writes_a_run_folder_without_network(train_config, monkeypatch) -> None:
+def test_wandb_offline_logs_the_dashboard_without_network(train_config, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = train_config("debug=limit", "trainer.max_epochs=1", *TINY_DATA[:4], "logger=wandb")
-    train(cfg)
+    cfg = train_config("debug=limit", "trainer.max_epochs=1", *TINY_DATA[:4], "logger=wandb", "tags=[pilot]", "+logger.wandb.group=ablation")
+    _, summary = train(cfg)
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "no offline wandb run folder written"
-    assert list(runs[0].glob("*.wandb")), "the offline run holds no logged data"
+    # The run log holds protobuf records; their strings are stored verbatim.
+    records = next(runs[0].glob("*.wandb")).read_bytes()
+    for expected in ("pilot", "model:unet_small", "data:synthetic", "fold:0", "ablation", "params", "val/dice", "test/subject_dice"):
+        assert expected.encode() in records, expected
+    media = runs[0] / "files" / "media"
+    assert list((media / "images" / "val").glob("overlays_*.png")), "no validation overlays"
+    assert list((media / "images" / "mask" / "val").glob("*.mask.png")), "overlays carry no mask layers"
+    table = json.loads(next((media / "table" / "test").glob("subjects_*.table.json")).read_text())
+    assert "dice" in table["columns"] and len(table["data"]) == len(pd.read_csv(Path(summary["run_dir"]) / "test_subjects.csv"))
 
 
 @pytest.mark.parametrize(

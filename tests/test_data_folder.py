@@ -9,6 +9,7 @@ import hydra
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lesionseg.data.cases import DataError
@@ -150,3 +151,34 @@ def test_mask_values_beyond_0_1_warn_or_fail_when_strict(train_config, folder_co
         dm.prepare_data()
     dm.setup("fit")
     assert set(np.unique(dm.stored["case_001"].mask)) == {0, 1}
+
+
+def test_multi_class_masks_keep_their_labels_and_train_with_softmax(train_config, folder_copy: Path) -> None:
+    from lesionseg.train import train
+
+    # Two lesion classes: every mask's lower half of the lesion becomes class 2.
+    for path in sorted((folder_copy / "masks").iterdir()):
+        if path.suffix == ".png":
+            mask = (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+            mask[SIZE // 2 :] *= 2
+            Image.fromarray(mask).save(path)
+        else:
+            volume = nib.load(path)
+            mask = (np.asarray(volume.dataobj) > 0).astype(np.uint8)
+            mask[:, SIZE // 2 :] *= 2
+            nib.save(nib.Nifti1Image(mask, volume.affine), path)
+    dm = datamodule(train_config, folder_copy, "data.num_classes=3")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert set().union(*(np.unique(case.mask).tolist() for case in dm.stored.values())) == {0, 1, 2}
+    cfg = train_config(
+        "data=folder", f"data.root={folder_copy}", "data.num_workers=0", "data.num_folds=2", "data.num_classes=3",
+        "model.base_channels=4", "debug=limit", "trainer.max_epochs=1",
+    )
+    _, summary = train(cfg)
+    assert summary["status"] == "ok" and {"dice", "iou"} <= set(summary["test"])
+    assert hydra.utils.instantiate(cfg.model)(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 3, SIZE, SIZE)  # softmax logits
+    Image.fromarray(np.full((SIZE, SIZE), 5, np.uint8)).save(folder_copy / "masks" / "case_000.png")
+    with pytest.raises(DataError) as error:
+        datamodule(train_config, folder_copy, "data.num_classes=3").prepare_data()
+    assert_one_line_error_naming(error, folder_copy / "masks" / "case_000.png", "not class indices 0..2")

@@ -116,7 +116,7 @@ class LesionDataModule(L.LightningDataModule):
         return [case for case in self.cases() if not case.labelled]
 
     def store(self) -> SliceStore:
-        return SliceStore(self.cache_dir, self.name, self.root, self.layout, self.preprocess, self.strict_masks)
+        return SliceStore(self.cache_dir, self.name, self.root, self.layout, self.preprocess, self.strict_masks, self.num_classes)
 
     def prepare_data(self) -> None:
         """Decode every labelled case into the slice store once (downloads nothing)."""

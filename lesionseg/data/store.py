@@ -116,16 +116,20 @@ class SliceStore:
         layout: Layout,
         preprocess: Preprocess,
         strict_masks: bool = False,
+        num_classes: int = 1,
     ):
         self.layout = layout
         self.preprocess = preprocess
         self.strict_masks = strict_masks
+        self.num_classes = num_classes
         parameters = {
             "version": STORE_VERSION,
             "source": str(Path(source).expanduser().resolve()),
             "layout": _layout_parameters(layout),
             "preprocess": preprocess.fingerprint(),
         }
+        if num_classes > 1:  # binary stores keep the key they always had
+            parameters["num_classes"] = num_classes
         key = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.folder = Path(cache_dir).expanduser() / "store" / name / key
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +167,7 @@ class SliceStore:
             return None
 
     def _write(self, case: Case, stem: Path, record_path: Path, sources: list[list]) -> dict:
-        arrays, mask_problem = checked(case, self.layout.load(case), self.strict_masks)
+        arrays, mask_problem = checked(case, self.layout.load(case), self.strict_masks, self.num_classes)
         if mask_problem:
             warnings.warn(f"{mask_problem}; binarised as > 0", stacklevel=3)
         try:

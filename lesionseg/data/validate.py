@@ -25,12 +25,14 @@ def _file(paths: tuple[Path, ...]) -> Path | str:
     return paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
 
 
-def checked(case: Case, arrays: CaseArrays, strict_masks: bool = False) -> tuple[CaseArrays, str | None]:
-    """Validate a decoded case; return it with the mask binarised to uint8 {0, 1}, and a mask note.
+def checked(case: Case, arrays: CaseArrays, strict_masks: bool = False, num_classes: int = 1) -> tuple[CaseArrays, str | None]:
+    """Validate a decoded case; return it with its mask as uint8 labels, and a mask note.
 
-    Raises DataError on NaN/inf voxels, an image that is not (Z, C, H, W), a mask whose shape differs
-    from the image, or (with `strict_masks`) mask values outside {0, 1} and {0, 255}; without
-    `strict_masks` such a mask is binarised `> 0` and the note (naming the file) says so, else None.
+    Raises DataError on NaN/inf voxels, an image that is not (Z, C, H, W), or a mask whose shape
+    differs from the image. Binary data (`num_classes` 1): mask values outside {0, 1} and {0, 255}
+    are an error with `strict_masks`, else binarised `> 0` with a note naming the file; the mask
+    becomes {0, 1}. Multi-class data (`num_classes` K > 1): the mask holds class indices, and a
+    value outside 0..K-1 is always an error (guessing a class would corrupt the labels).
     """
     image, mask = arrays.image, arrays.mask
     if image.ndim != 4:
@@ -49,6 +51,11 @@ def checked(case: Case, arrays: CaseArrays, strict_masks: bool = False) -> tuple
     if not np.isfinite(mask).all():
         raise DataError(f"{_file(case.mask)}: mask holds NaN or infinite voxels")
     values = set(np.unique(mask).tolist())
+    if num_classes > 1:
+        unexpected = sorted(values - set(range(num_classes)))
+        if unexpected:
+            raise DataError(f"{_file(case.mask)}: mask values {unexpected[:6]} are not class indices 0..{num_classes - 1} (data.num_classes={num_classes})")
+        return CaseArrays(image=image, mask=mask.astype(np.uint8), affine=arrays.affine), None
     note = None
     if not any(values <= allowed for allowed in BINARY_MASK_VALUES):
         shown = sorted(values)[:6]

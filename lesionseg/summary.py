@@ -60,9 +60,11 @@ def print_results(summary: dict[str, Any], console: Console | None = None) -> No
         if not key.endswith("_std") and value is not None:
             std = summary["test"].get(f"{key}_std")
             table.add_row(f"test {key} (per subject)", f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
-    for key, value in (summary.get("best_val") or {}).items():
-        if value is not None:
-            table.add_row(f"best {key}", f"{value:.4f}")
+    best = summary.get("best_val") or {}
+    metric = summary.get("optimized_metric")
+    if best.get(metric) is not None:
+        epoch = f" (epoch {int(best['epoch'])})" if best.get("epoch") is not None else ""
+        table.add_row(f"best {metric}{epoch}", f"{best[metric]:.4f}")
     table.add_row("parameters", f"{summary['params']:,}")
     if summary.get("throughput_img_s"):
         table.add_row("train images/s", f"{summary['throughput_img_s']:.1f}")

@@ -37,15 +37,26 @@ class SummaryError(ValueError):
 
 
 def find_summaries(folders: Sequence[Path]) -> list[Path]:
-    """Every summary.json below each folder, once each; a folder without one is an error."""
+    """Every run below each folder, once each; a folder without one is an error.
+
+    A run is a training run's `summary.json`, or a `lesionseg.evaluate` result (`evaluation.json`)
+    that does not lie inside a training run's folder: an evaluation saved under its own run
+    (`<run>/evaluate/...`, the default) re-scores that run and must not count as another fold, while
+    evaluations written elsewhere (e.g. every fold's `last.ckpt` into one folder) are runs to compare.
+    """
     found: dict[Path, Path] = {}
     for folder in folders:
         if not folder.is_dir():
             raise SummaryError(f"{folder}: not a folder")
-        summaries = sorted(folder.rglob("summary.json"))
-        if not summaries:
-            raise SummaryError(f"{folder}: no summary.json found below this folder")
-        for summary in summaries:
+        trainings = sorted(folder.rglob("summary.json"))
+        run_folders = {summary.parent.resolve() for summary in trainings}
+        evaluations = [
+            path for path in sorted(folder.rglob("evaluation.json"))
+            if not run_folders.intersection(path.resolve().parents)
+        ]
+        if not trainings and not evaluations:
+            raise SummaryError(f"{folder}: no summary.json or evaluation.json found below this folder")
+        for summary in [*trainings, *evaluations]:
             found.setdefault(summary.resolve(), summary)
     return list(found.values())
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,24 @@ from omegaconf import OmegaConf
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from lesionseg.checkpoints import load_checkpoint, merged_config, new_output_dir, parse_key_values, restore_module
+from lesionseg.checkpoints import (
+    load_checkpoint,
+    merged_config,
+    new_output_dir,
+    parse_key_values,
+    restore_module,
+)
 from lesionseg.config import UsageError, exit_on_usage_error, register_resolvers
-from lesionseg.data.cases import DataError
+from lesionseg.data.cases import CaseArrays, DataError
 from lesionseg.data.preprocess import Preprocess
-from lesionseg.data.scans import Scan, input_scans, layout_scans, voxel_volume_ml, write_prediction, write_probabilities
+from lesionseg.data.scans import (
+    Scan,
+    input_scans,
+    layout_scans,
+    voxel_volume_ml,
+    write_prediction,
+    write_probabilities,
+)
 from lesionseg.data.validate import checked
 from lesionseg.module import SegmentationModule
 from lesionseg.summary import write_summary
@@ -98,8 +112,12 @@ def predict_slices(module: SegmentationModule, image: np.ndarray, batch_size: in
 
 
 def scan_image(scan: Scan, in_channels: int) -> np.ndarray:
-    """The scan decoded and validated as training decodes it: (Z, in_channels, H, W) float32."""
-    arrays, _ = checked(scan.case, scan.decode())
+    """The scan decoded and its image validated as training does it: (Z, in_channels, H, W) float32.
+
+    A labelled case's mask is not needed to predict, so it is neither checked nor kept.
+    """
+    decoded = scan.decode()
+    arrays, _ = checked(replace(scan.case, mask=()), CaseArrays(image=decoded.image, mask=None))
     image = arrays.image
     if image.shape[1] == 1 < in_channels:
         image = np.repeat(image, in_channels, axis=1)
@@ -117,10 +135,10 @@ def predict_scan(
     model_space, _ = preprocess(image, None)
     output = predict_slices(module, model_space, settings["batch_size"], settings["device"])
     mask = preprocess.restore(output["mask"].astype(np.uint8), size)
-    files = write_prediction(scan, mask, folder, binary=module.num_classes == 1)
+    mask_files = write_prediction(scan, mask, folder, binary=module.num_classes == 1)
     if settings["save_probabilities"]:
         probabilities = preprocess.restore(output["probabilities"].astype(np.float32), size, cv2.INTER_LINEAR)
-        files.append(write_probabilities(scan, probabilities, folder))
+        write_probabilities(scan, probabilities, folder)
     lesion = mask > 0
     voxel_ml = voxel_volume_ml(scan)
     row = {
@@ -128,7 +146,7 @@ def predict_scan(
         "status": "ok",
         "source": str(scan.case.image[0]),
         "slices": int(len(mask)),
-        "mask": str(files[0]) if len(files) == 1 or scan.is_volume else str(files[0].parent),
+        "mask": str(mask_files[0] if len(mask_files) == 1 else mask_files[0].parent),
         "lesion_voxels": int(lesion.sum()),
         "lesion_ml": None if voxel_ml is None else float(lesion.sum()) * voxel_ml,
         "components": int(ndimage.label(lesion)[1]),

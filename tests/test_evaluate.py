@@ -78,3 +78,12 @@ def test_compare_reads_a_real_run_once_even_after_its_checkpoint_was_evaluated(t
     assert len(runs) == 1 and runs.loc[0, "dice"] == pytest.approx(trained_run["test"]["dice"], abs=1e-4)
     table = pd.read_csv(folder / "table.csv")
     assert table.loc[0, "n"] == 1
+
+
+def test_compare_reads_evaluations_written_outside_their_runs(trained_run: dict, tmp_path: Path) -> None:
+    from lesionseg.compare import compare
+
+    evaluate([f"ckpt_path={trained_run['last_checkpoint']}", f"output_dir={tmp_path / 'final' / 'fold0'}"])
+    folder, _ = compare([tmp_path / "final"], tmp_path / "report")
+    runs = pd.read_csv(folder / "runs.csv")
+    assert len(runs) == 1 and runs.loc[0, "method"] == "unet_small"

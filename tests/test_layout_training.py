@@ -9,12 +9,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
+import nibabel as nib
+import pandas as pd
+import pydicom
 import pytest
 
 from lesionseg.data.dicom_stroke import write_synthetic_dicom_stroke
 from lesionseg.data.folder import write_synthetic_folder
 from lesionseg.data.lgg import write_synthetic_lgg
 from lesionseg.data.synthetic import write_atlas_r2
+from lesionseg.predict import predict
 from lesionseg.train import train
 
 LAYOUTS = {
@@ -44,3 +49,25 @@ def test_training_end_to_end_on_the_real_layout(layout: str, train_config, tmp_p
     split = json.loads((Path(cfg.paths.output_dir) / "split.json").read_text())
     assert split["train"] and split["val"] and split["test"]
     assert not set(split["train"]) & set(split["val"]) and not set(split["test"]) & set(split["train"] + split["val"])
+
+    # Predicting every case writes masks in each scan's own format and geometry.
+    predict([f"ckpt_path={summary['best_checkpoint']}", "cases=all", f"output_dir={tmp_path / 'masks'}"])
+    table = pd.read_csv(tmp_path / "masks" / "predictions.csv")
+    assert (table["status"] == "ok").all()
+    assert set(split["train"] + split["val"] + split["test"]) <= set(table["subject"])  # (+ ATLAS Testing/ subjects)
+    for row in table.itertuples():
+        if row.source.endswith(".nii.gz"):
+            assert nib.load(row.mask).shape == nib.load(row.source).shape
+        elif Path(row.mask).is_dir():  # one file per slice: one mask per source slice, same size
+            masks = sorted(Path(row.mask).glob("*_mask.png"))
+            assert len(masks) == row.slices
+            assert cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == slice_size(Path(row.source))
+        else:
+            assert cv2.imread(row.mask, cv2.IMREAD_UNCHANGED).shape == slice_size(Path(row.source))
+
+
+def slice_size(source: Path) -> tuple[int, int]:
+    """(H, W) of a 2D source file: TIFF, PNG or DICOM."""
+    if source.suffix == ".dcm":
+        return tuple(pydicom.dcmread(source).pixel_array.shape)
+    return tuple(cv2.imread(str(source), cv2.IMREAD_UNCHANGED).shape[:2])

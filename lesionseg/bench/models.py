@@ -66,6 +66,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def native_cpu_bfloat16() -> bool:
+    """True when the CPU computes bfloat16 natively; elsewhere bf16 autocast is an emulation many
+    times slower than fp32, which is not worth timing (and takes long enough to look like a hang)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def rate_cell(rate: float | None, baseline: float | None, index: int) -> str:
+    """One table cell: images/s, and the ratio against the first mode after the first column."""
+    if rate is None:
+        return "n/a"
+    return f"{rate:.1f}" + (f" ({rate / baseline:.1f}x)" if index and baseline else "")
+
+
 def images_per_second(
     model: nn.Module,
     in_channels: int,
@@ -167,12 +180,17 @@ def main(argv: Sequence[str]) -> None:
                 images_per_second(
                     model, entry.in_channels, args.size, args.batch_size, args.steps, args.warmup, torch.device(device), mode
                 )
+                if device == "cuda" or mode != "bf16" or native_cpu_bfloat16()
+                else None
                 for mode in modes
             ]
-            cells += [f"{rate:.1f}" + (f" ({rate / rates[0]:.1f}x)" if index else "") for index, rate in enumerate(rates)]
+            cells += [rate_cell(rate, rates[0], index) for index, rate in enumerate(rates)]
         table.add_row(entry.config, f"{trainable_parameters(model):,}", *cells)
+        console.print(f"{entry.config}: " + ", ".join(f"{mode} {cell}" for mode, cell in zip(modes * len(devices), cells)))  # progress
         del model
     console.print(table)
+    if "bf16" in modes and "cpu" in devices and not native_cpu_bfloat16():
+        console.print("cpu bf16: n/a, this CPU has no native bfloat16 (AVX-512-BF16 or AMX); autocast would emulate it.")
     console.print(
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}. Re-run with more steps for stabler "
         f"figures, e.g.: python -m lesionseg.bench models --models {entries[0].config} --steps 20 --warmup 3 "

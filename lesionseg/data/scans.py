@@ -27,7 +27,13 @@ import nibabel as nib
 import numpy as np
 
 from lesionseg.data.cases import Case, CaseArrays, DataError, Layout
-from lesionseg.data.folder import NIFTI_SUFFIXES, SUFFIXES, split_suffix, read_planes, to_channels
+from lesionseg.data.folder import (
+    NIFTI_SUFFIXES,
+    SUFFIXES,
+    read_planes,
+    split_suffix,
+    to_channels,
+)
 from lesionseg.data.image_files import read_dicom_pixels
 from lesionseg.data.nifti import axial_volume
 

@@ -127,7 +127,7 @@ def test_folder_without_summaries_is_a_one_line_error(
     empty.mkdir()
     assert main([str(multirun), str(empty)]) == 2
     error = capsys.readouterr().err
-    assert error == f"lesionseg.compare: error: {empty}: no summary.json found below this folder\n"
+    assert error == f"lesionseg.compare: error: {empty}: no summary.json or evaluation.json found below this folder\n"
     assert not (multirun / "compare").exists()
 
 

@@ -186,10 +186,15 @@ class SegmentationModule(L.LightningModule):
             loss = loss + self.cls_loss_weight * cls_loss
         prediction = self.predict_mask(seg_logits, refine=inference, cls_logits=cls_logits)
         metrics = self.metrics[f"{stage}_"]
-        metrics.update(prediction, mask)
-        # Lightning computes, syncs across ranks and resets the metric objects at epoch end.
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(image))
         on_step = stage == "train"
+        # Training logs each batch's values too (`train/dice_step`, from the metrics' forward, which
+        # also accumulates) beside the epoch values (`train/dice_epoch`); val/test log per epoch.
+        # Lightning computes, syncs across ranks and resets the metric objects at epoch end.
+        if on_step:
+            metrics(prediction, mask)
+        else:
+            metrics.update(prediction, mask)
+        self.log_dict(metrics, on_step=on_step, on_epoch=True, prog_bar=stage == "val", batch_size=len(image))
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(image), sync_dist=True)
         return loss, prediction, seg_logits
 

@@ -59,6 +59,7 @@ def test_short_run_lowers_loss_raises_dice_and_writes_the_run_folder(train_confi
     train_loss = metrics.dropna(subset=["train/loss_epoch"])["train/loss_epoch"].tolist()
     val_dice = metrics.dropna(subset=["val/dice"])["val/dice"].tolist()
     assert len(train_loss) == 4 and train_loss[-1] < 0.8 * train_loss[0]
+    assert metrics["train/dice_epoch"].notna().sum() == 4 and metrics["train/dice_step"].notna().sum() >= 4  # per epoch and step
     assert val_dice[-1] > val_dice[0] + 0.1
     assert metric == pytest.approx(max(val_dice), abs=1e-6)
 

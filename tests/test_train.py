@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -96,14 +97,32 @@ def test_checkpoint_resumes_in_another_run(train_config, tmp_path) -> None:
     assert [epoch["epoch"] for epoch in saved["callbacks"]["ValidationHistory"]["epochs"]] == [0, 1]  # history resumed
 
 
+def wandb_log_payload(data: bytes, block: int = 32 * 1024, header: int = 7) -> bytes:
+    """The records of a wandb `.wandb` file joined, without the block and fragment headers that
+    would otherwise split a string crossing a block boundary (file header `:W&B` + 3 bytes, then
+    fragments of <checksum u32, length u16, type u8> + data that never cross a block)."""
+    assert data[:4] == b":W&B", "not a wandb run log"
+    payload, position = bytearray(), header
+    while position + header <= len(data):
+        left = block - position % block
+        if left < header:  # a block tail too short for a fragment header is padding
+            position += left
+            continue
+        length, kind = struct.unpack("<HB", data[position + 4 : position + header])
+        assert kind in (1, 2, 3, 4), f"bad fragment type {kind} at byte {position}"
+        payload += data[position + header : position + header + length]
+        position += header + length
+    return bytes(payload)
+
+
 def test_wandb_offline_logs_the_dashboard_without_network(train_config, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = train_config("debug=limit", "trainer.max_epochs=1", *TINY_DATA[:4], "logger=wandb", "tags=[pilot]", "+logger.wandb.group=ablation")
     _, summary = train(cfg)
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "no offline wandb run folder written"
-    # The run log holds protobuf records; their strings are stored verbatim.
-    records = next(runs[0].glob("*.wandb")).read_bytes()
+    # The run log holds protobuf records (their strings stored verbatim) in 32 KiB LevelDB-log blocks.
+    records = wandb_log_payload(next(runs[0].glob("*.wandb")).read_bytes())
     for expected in ("pilot", "model:unet_small", "data:synthetic", "fold:0", "ablation", "params", "val/dice", "test/subject_dice"):
         assert expected.encode() in records, expected
     media = runs[0] / "files" / "media"

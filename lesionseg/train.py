@@ -23,15 +23,26 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lesionseg.callbacks import ThroughputMonitor, ValidationHistory
-from lesionseg.config import UsageError, check_overrides, exit_on_usage_error, register_resolvers, resolve_checkpoint
+from lesionseg.config import (
+    UsageError,
+    check_overrides,
+    exit_on_usage_error,
+    register_resolvers,
+    resolve_checkpoint,
+)
 from lesionseg.data.cases import DataError
 from lesionseg.module import SegmentationModule
 from lesionseg.postprocess import LesionCleanup
-from lesionseg.summary import count_parameters, git_commit, plain_metrics, print_results, write_summary
+from lesionseg.summary import (
+    count_parameters,
+    git_commit,
+    plain_metrics,
+    print_results,
+    write_summary,
+)
 
 log = logging.getLogger("lesionseg.train")
 register_resolvers()
@@ -168,15 +179,15 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if trainer.is_global_zero:
         write_summary(output_dir / "summary.json", summary)
         print_results(summary)
-    finish_wandb(trainer)
+    finish_wandb_run()
     return optimized, summary
 
 
-def finish_wandb(trainer: L.Trainer) -> None:
-    """Close this run's wandb run: otherwise the next job of a multirun (same process) logs into it."""
-    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
-        import wandb  # only runs that log to wandb pay for importing it
-
+def finish_wandb_run() -> None:
+    """Close the open wandb run, if any: otherwise the next job of a multirun (same process), even
+    after this one crashed, would log into it. A no-op for runs that never imported wandb."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
         wandb.finish()
 
 
@@ -236,6 +247,8 @@ def main(cfg: DictConfig) -> float | None:
         log.exception("job %s crashed", HydraConfig.get().job.num)
         write_failed_summary(cfg, error)
         return None
+    finally:
+        finish_wandb_run()
     return None
 
 

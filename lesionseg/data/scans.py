@@ -129,12 +129,14 @@ def _write_nifti_mask(source: Path, mask: np.ndarray, path: Path) -> None:
 
 
 def _write_png(mask: np.ndarray, path: Path, binary: bool) -> None:
+    """A (H, W) mask as PNG: 0/255 when binary, class indices otherwise."""
     picture = (mask > 0).astype(np.uint8) * 255 if binary else mask.astype(np.uint8)
-    _save_atomic(path, lambda temporary: cv2.imwrite(str(temporary), picture) or _raise_unwritable(path))
 
+    def save(temporary: Path) -> None:
+        if not cv2.imwrite(str(temporary), picture):
+            raise DataError(f"{path}: could not write the mask")
 
-def _raise_unwritable(path: Path) -> None:
-    raise DataError(f"{path}: could not write the mask")
+    _save_atomic(path, save)
 
 
 def voxel_volume_ml(scan: Scan) -> float | None:

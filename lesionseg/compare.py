@@ -50,10 +50,7 @@ def find_summaries(folders: Sequence[Path]) -> list[Path]:
             raise SummaryError(f"{folder}: not a folder")
         trainings = sorted(folder.rglob("summary.json"))
         run_folders = {summary.parent.resolve() for summary in trainings}
-        evaluations = [
-            path for path in sorted(folder.rglob("evaluation.json"))
-            if not run_folders.intersection(path.resolve().parents)
-        ]
+        evaluations = [path for path in sorted(folder.rglob("evaluation.json")) if not run_folders.intersection(path.resolve().parents)]
         if not trainings and not evaluations:
             raise SummaryError(f"{folder}: no summary.json or evaluation.json found below this folder")
         for summary in [*trainings, *evaluations]:
@@ -140,10 +137,7 @@ def markdown(table: pd.DataFrame, not_averaged: pd.DataFrame) -> str:
         *_markdown_rows([header, ["---"] * len(header), *rows]),
     ]
     if not not_averaged.empty:
-        left_out = [
-            [row["method"], row["data"], _text(row["fold"]), row["not_averaged"], row["run_dir"]]
-            for row in not_averaged.to_dict("records")
-        ]
+        left_out = [[row["method"], row["data"], _text(row["fold"]), row["not_averaged"], row["run_dir"]] for row in not_averaged.to_dict("records")]
         lines += ["", "Not averaged (failed or without test metrics):", ""]
         lines += _markdown_rows([["Method", "Data", "Fold", "Reason", "Run"], ["---"] * 5, *left_out])
     return "\n".join(lines) + "\n"

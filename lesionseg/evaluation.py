@@ -48,9 +48,7 @@ def subject_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
         raise ValueError(f"subject_metrics needs two 3D volumes of one shape, got {pred.shape} and {target.shape}")
 
     # MONAI wants (batch, channel, *spatial) float tensors (boolean ones give wrong counts).
-    confusion = get_confusion_matrix(
-        torch.from_numpy(pred)[None, None].float(), torch.from_numpy(target)[None, None].float()
-    )
+    confusion = get_confusion_matrix(torch.from_numpy(pred)[None, None].float(), torch.from_numpy(target)[None, None].float())
     metrics = {}
     for name, monai_name in OVERLAP_METRICS.items():
         value = compute_confusion_matrix_metric(monai_name, confusion).item()
@@ -111,9 +109,7 @@ class SubjectAccumulator:
         """Store a batch: `pred` (B, H, W) bool or 0/1, `target` (B, H, W) or None; nonzero = lesion."""
         if pred.ndim != 3 or (target is not None and target.shape != pred.shape):
             target_shape = None if target is None else tuple(target.shape)
-            raise ValueError(
-                f"add() needs pred and target of shape (B, H, W), got {tuple(pred.shape)} and {target_shape}"
-            )
+            raise ValueError(f"add() needs pred and target of shape (B, H, W), got {tuple(pred.shape)} and {target_shape}")
         if not len(subjects) == len(slice_index) == len(pred):
             raise ValueError(
                 f"add() needs one subject and slice index per prediction, got {len(subjects)} subjects, "
@@ -153,9 +149,7 @@ class SubjectAccumulator:
         return {subject: self._stack(subject, slices) for subject, slices in sorted(self._slices.items())}
 
     @staticmethod
-    def _stack(
-        subject: str, slices: list[tuple[int, np.ndarray, np.ndarray | None]]
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _stack(subject: str, slices: list[tuple[int, np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
         """Order one subject's slices by index, checking that indices 0..Z-1 each appear once."""
         ordered = sorted(slices, key=lambda item: item[0])
         counts = Counter(index for index, _, _ in ordered)

@@ -46,9 +46,7 @@ def blend(rgb: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: float = 
 def render(sample: OverlaySample) -> np.ndarray:
     """(H, 3W, 3) uint8 strip: image, image + ground truth, image + prediction."""
     rgb = to_grey_rgb(sample.image)
-    strip = np.concatenate(
-        [rgb, blend(rgb, sample.target, GROUND_TRUTH_RGB), blend(rgb, sample.prediction, PREDICTION_RGB)], axis=1
-    )
+    strip = np.concatenate([rgb, blend(rgb, sample.target, GROUND_TRUTH_RGB), blend(rgb, sample.prediction, PREDICTION_RGB)], axis=1)
     return strip.astype(np.uint8)
 
 

@@ -126,9 +126,7 @@ def scan_image(scan: Scan, in_channels: int) -> np.ndarray:
     return image
 
 
-def predict_scan(
-    scan: Scan, module: SegmentationModule, preprocess: Preprocess, in_channels: int, settings: dict[str, Any], folder: Path
-) -> dict[str, Any]:
+def predict_scan(scan: Scan, module: SegmentationModule, preprocess: Preprocess, in_channels: int, settings: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Predict one scan, write its mask (and probabilities); return its predictions.csv row."""
     image = scan_image(scan, in_channels)
     size = tuple(image.shape[-2:])

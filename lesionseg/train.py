@@ -64,7 +64,7 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     configured one, else the experiment, else the multirun folder, so a sweep's jobs sit together.
     """
     loggers = []
-    for name, config in (cfg.get("logger") or {}).items():
+    for config in (cfg.get("logger") or {}).values():
         if config is None:
             continue
         extra: dict[str, Any] = {}

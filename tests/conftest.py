@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
-
 from hydra_helpers import compose_train
+from omegaconf import DictConfig
 
 from lesionseg.config import register_resolvers
 

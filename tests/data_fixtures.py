@@ -5,9 +5,8 @@ Volumes are 24x28x6 voxels (slices 28x24) so a whole tree is written and stored 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import shutil
+from pathlib import Path
 
 import pytest
 

@@ -25,5 +25,3 @@ def compose_train(overrides: Sequence[str], output_dir: Path | None = None) -> D
             cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
-
-

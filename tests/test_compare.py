@@ -86,9 +86,7 @@ def test_table_averages_folds_and_lists_failed_runs_apart(multirun: Path, capsys
     markdown = (report / "table.md").read_text(encoding="utf-8")
     assert "| Method | Data | n | Dice | IoU | Precision | Recall | #Params | Images/s |" in markdown
     unet_row = "| unet_small | synthetic | 3 | 0.800 ± 0.100 | 0.600 ± 0.100 | 0.850 ± 0.050 | 0.700 ± 0.100 | 1.95M |"
-    xnet_row = (
-        "| xnet (xnet_atlas) | synthetic | 3 | 0.650 ± 0.050 | 0.450 ± 0.050 | 0.700 ± 0.000 | 0.550 ± 0.050 | 310K |"
-    )
+    xnet_row = "| xnet (xnet_atlas) | synthetic | 3 | 0.650 ± 0.050 | 0.450 ± 0.050 | 0.700 ± 0.000 | 0.550 ± 0.050 | 310K |"
     assert f"{unet_row} 42.0 ± 2.0 |" in markdown
     assert f"{xnet_row} 110.0 ± 10.0 |" in markdown
     not_averaged = markdown.split("Not averaged")[1]
@@ -120,9 +118,7 @@ def test_existing_report_is_kept_and_a_new_one_goes_to_a_timestamped_subfolder(m
     assert pd.read_csv(subfolder / "table.csv")["n"].tolist() == [2]
 
 
-def test_folder_without_summaries_is_a_one_line_error(
-    multirun: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_folder_without_summaries_is_a_one_line_error(multirun: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(multirun), str(empty)]) == 2
@@ -139,9 +135,7 @@ def test_folder_without_summaries_is_a_one_line_error(
         ('{"status": "ok", "model": "unet", "fold": 0, "test": {"dice": "high"}}', "is not a number"),
     ],
 )
-def test_bad_summary_is_a_one_line_error_naming_the_file(
-    text: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_bad_summary_is_a_one_line_error_naming_the_file(text: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "summary.json").write_text(text)
     assert main([str(tmp_path)]) == 2

@@ -7,11 +7,10 @@ import functools
 import hydra
 import pytest
 import torch
+from hydra_helpers import compose_train
 from omegaconf import OmegaConf
 
 from lesionseg.config import CONF_DIR, UsageError, available_options, check_overrides
-
-from hydra_helpers import compose_train
 
 GROUPS = ("model", "data", "augment", "optimizer", "scheduler", "loss", "trainer", "logger", "callbacks", "debug", "experiment")
 

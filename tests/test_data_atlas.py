@@ -124,9 +124,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("problem", list(BAD_INPUTS))
-def test_bad_input_is_a_one_line_error_naming_the_file_and_leaves_cache_untouched(
-    r2_root: Path, tmp_path: Path, problem: str
-) -> None:
+def test_bad_input_is_a_one_line_error_naming_the_file_and_leaves_cache_untouched(r2_root: Path, tmp_path: Path, problem: str) -> None:
     module = atlas_module(r2_root, tmp_path / "cache")
     module.prepare_data()
     before = store_files(tmp_path / "cache")

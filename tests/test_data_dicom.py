@@ -115,9 +115,7 @@ def test_label_pictures_of_another_size_are_resized_to_the_dicom_grid() -> None:
 @pytest.fixture(scope="module")
 def dicom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dicom") / "stroke"
-    return write_synthetic_dicom_stroke(
-        root, LABELLED, seed=2, slices_per_series=SLICES, size=SIZE, n_unlabelled=UNLABELLED
-    )
+    return write_synthetic_dicom_stroke(root, LABELLED, seed=2, slices_per_series=SLICES, size=SIZE, n_unlabelled=UNLABELLED)
 
 
 @pytest.fixture

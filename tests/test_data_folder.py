@@ -81,11 +81,7 @@ def test_datamodule_batches_follow_the_contract(train_config, folder_root: Path)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (3, 1, SIZE, SIZE) and str(batch["mask"].dtype) == "torch.int64"
     assert set(batch["mask"].unique().tolist()) <= {0, 1} and batch["image"].max() <= 1.0
-    order = [
-        (subject, int(index))
-        for batch in dm.val_dataloader()
-        for subject, index in zip(batch["subject"], batch["slice_index"])
-    ]
+    order = [(subject, int(index)) for batch in dm.val_dataloader() for subject, index in zip(batch["subject"], batch["slice_index"])]
     expected_slices = {subject: 1 if int(subject[-3:]) % 2 == 0 else VOLUME_SLICES for subject in dm.split["val"]}
     assert order == [(subject, z) for subject in dm.split["val"] for z in range(expected_slices[subject])]
 
@@ -172,8 +168,14 @@ def test_multi_class_masks_keep_their_labels_and_train_with_softmax(train_config
     dm.setup("fit")
     assert set().union(*(np.unique(case.mask).tolist() for case in dm.stored.values())) == {0, 1, 2}
     cfg = train_config(
-        "data=folder", f"data.root={folder_copy}", "data.num_workers=0", "data.num_folds=2", "data.num_classes=3",
-        "model.base_channels=4", "debug=limit", "trainer.max_epochs=1",
+        "data=folder",
+        f"data.root={folder_copy}",
+        "data.num_workers=0",
+        "data.num_folds=2",
+        "data.num_classes=3",
+        "model.base_channels=4",
+        "debug=limit",
+        "trainer.max_epochs=1",
     )
     _, summary = train(cfg)
     assert summary["status"] == "ok" and {"dice", "iou"} <= set(summary["test"])

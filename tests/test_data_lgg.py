@@ -79,11 +79,7 @@ def test_datamodule_batches_follow_the_contract(train_config, lgg_root: Path) ->
     assert batch["mask"].shape == (4, 32, 32) and str(batch["mask"].dtype) == "torch.int64"
     assert set(batch["mask"].unique().tolist()) <= {0, 1}
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
-    order = [
-        (subject, int(index))
-        for batch in dm.val_dataloader()
-        for subject, index in zip(batch["subject"], batch["slice_index"])
-    ]
+    order = [(subject, int(index)) for batch in dm.val_dataloader() for subject, index in zip(batch["subject"], batch["slice_index"])]
     assert order == [(subject, z) for subject in dm.split["val"] for z in range(NUM_SLICES)]
 
 

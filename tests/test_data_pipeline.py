@@ -246,8 +246,13 @@ def test_none_augment_config_is_null(train_config) -> None:
 
 def test_synthetic_data_config_builds_the_default_datamodule(train_config, tmp_path: Path) -> None:
     cfg = train_config(
-        "data=synthetic", "data.num_training=6", "data.num_testing=1", "data.volume_shape=[24,28,6]",
-        "data.num_workers=0", "data.num_folds=2", f"data.root={tmp_path / 'synthetic'}",
+        "data=synthetic",
+        "data.num_training=6",
+        "data.num_testing=1",
+        "data.volume_shape=[24,28,6]",
+        "data.num_workers=0",
+        "data.num_folds=2",
+        f"data.root={tmp_path / 'synthetic'}",
     )
     module = instantiate(cfg.data, augment=instantiate(cfg.augment))
     module.prepare_data()
@@ -268,8 +273,7 @@ def test_atlas_config_without_root_names_data_root(train_config) -> None:
 def test_data_benchmark_reports_store_speedup_and_loader_rate(tmp_path: Path, capsys) -> None:
     from lesionseg.bench.data import main
 
-    results = main(["--subjects", "2", "--shape", "24", "28", "6", "--seconds", "0.2", "--workers", "0",
-                    "--nifti-items", "2", "--cache-dir", str(tmp_path)])
+    results = main(["--subjects", "2", "--shape", "24", "28", "6", "--seconds", "0.2", "--workers", "0", "--nifti-items", "2", "--cache-dir", str(tmp_path)])
     assert results["store_speedup"] == pytest.approx(results["store_slices_per_s"] / results["nifti_slices_per_s"])
     assert results["store_speedup"] > 1 and results["loader_slices_per_s"] > 0
     assert "store speed-up" in capsys.readouterr().out

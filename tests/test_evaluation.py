@@ -97,10 +97,7 @@ def test_mismatched_shapes_are_an_error() -> None:
 
 def random_subjects(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    return {
-        subject: (rng.random((depth, 6, 5)) > 0.6, rng.random((depth, 6, 5)) > 0.7)
-        for subject, depth in (("sub-b", 4), ("sub-a", 7), ("sub-c", 3))
-    }
+    return {subject: (rng.random((depth, 6, 5)) > 0.6, rng.random((depth, 6, 5)) > 0.7) for subject, depth in (("sub-b", 4), ("sub-a", 7), ("sub-c", 3))}
 
 
 def stream_shuffled(accumulator: SubjectAccumulator, subjects: dict, batch_size: int = 3, seed: int = 0) -> None:
@@ -196,9 +193,7 @@ def test_merging_ranks_drops_sampler_padding_repeats() -> None:
 
     def send(rank: int, subject: str, index: int) -> None:
         pred, target = subjects[subject]
-        ranks[rank].add(
-            [subject], torch.tensor([index]), torch.from_numpy(pred[[index]]), torch.from_numpy(target[[index]])
-        )
+        ranks[rank].add([subject], torch.tensor([index]), torch.from_numpy(pred[[index]]), torch.from_numpy(target[[index]]))
 
     for subject, (pred, _) in subjects.items():
         for index in range(len(pred)):

@@ -16,10 +16,9 @@ from typing import Any
 import hydra
 import pytest
 import torch
+from hydra_helpers import compose_train
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
-
-from hydra_helpers import compose_train
 
 from lesionseg.config import CONF_DIR
 from lesionseg.data.dicom_stroke import write_synthetic_dicom_stroke
@@ -213,10 +212,7 @@ def test_augmentation_matches_the_source(experiment: str) -> None:
 def test_xnet_folds_are_contiguous_blocks_of_sorted_subjects_without_a_test_set() -> None:
     data = recipe("xnet_atlas").data
     subjects = [f"sub-{index:03d}" for index in range(229)]  # the 229 subjects of ATLAS R1.1
-    folds = [
-        split_subjects(subjects, data.num_folds, fold, data.test_fraction, data.split_seed, data.kfold_shuffle)
-        for fold in range(5)
-    ]
+    folds = [split_subjects(subjects, data.num_folds, fold, data.test_fraction, data.split_seed, data.kfold_shuffle) for fold in range(5)]
     # scikit-learn's KFold(n_splits=5, shuffle=False): blocks of 46, 46, 46, 46, 45 subjects in order.
     assert [fold["val"] for fold in folds] == [subjects[start : start + 46] for start in range(0, 229, 46)]
     assert all(not fold["test"] for fold in folds)
@@ -269,9 +265,7 @@ QUICK_FIT = (
 def test_xnet_recipe_trains_on_val_loss_schedules_and_scores_the_held_out_fold(train_config, tmp_path) -> None:
     # 233 x 197 axial slices, as ATLAS: the recipe's 224 x 192 crop must fit.
     root = write_atlas_r2(tmp_path / "ATLAS_2", num_training=5, num_testing=0, shape=(197, 233, 2), seed=3)
-    cfg = train_config(
-        "experiment=xnet_recipe", f"data.root={root}", "data.batch_size=2", "model=unet_small", "model.base_channels=4", *QUICK_FIT
-    )
+    cfg = train_config("experiment=xnet_recipe", f"data.root={root}", "data.batch_size=2", "model=unet_small", "model.base_channels=4", *QUICK_FIT)
     _, summary = train(cfg)
     assert summary["status"] == "ok" and summary["epochs"] == 2
     assert "val/loss" in summary["last_val"]

@@ -39,8 +39,15 @@ def test_training_end_to_end_on_the_real_layout(layout: str, train_config, tmp_p
     write, model = LAYOUTS[layout]
     root = write(tmp_path / layout)
     cfg = train_config(
-        f"data={layout}", f"data.root={tmp_path / layout}", "data.num_workers=0", "data.batch_size=4",
-        "data.num_folds=2", *model, "debug=limit", "trainer.max_epochs=1", "logger=csv",
+        f"data={layout}",
+        f"data.root={tmp_path / layout}",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "data.num_folds=2",
+        *model,
+        "debug=limit",
+        "trainer.max_epochs=1",
+        "logger=csv",
     )
     assert root.exists()
     _, summary = train(cfg)

@@ -12,10 +12,10 @@ import segmentation_models_pytorch as smp
 import torch
 import torchvision
 from hydra.utils import instantiate
+from hydra_helpers import compose_train
 from rich.console import Console
 from torch import nn
 
-from hydra_helpers import compose_train
 from lesionseg.bench.__main__ import main as bench_main
 from lesionseg.models.__main__ import model_table
 from lesionseg.models.catalog import CATALOG
@@ -28,9 +28,7 @@ ODD_SIZE = (61, 45)
 
 def build(config: str, *overrides: str, in_channels: int = 1, num_classes: int = 1) -> nn.Module:
     """Instantiate `conf/model/<config>.yaml` from the composed run config, seeded."""
-    cfg = compose_train(
-        [f"model={config}", f"data.in_channels={in_channels}", f"data.num_classes={num_classes}", *overrides]
-    )
+    cfg = compose_train([f"model={config}", f"data.in_channels={in_channels}", f"data.num_classes={num_classes}", *overrides])
     torch.manual_seed(0)
     return instantiate(cfg.model)
 
@@ -249,8 +247,7 @@ def test_model_table_lists_every_catalog_config() -> None:
 
 
 def test_bench_models_prints_throughput_and_how_to_rerun(capsys: pytest.CaptureFixture[str]) -> None:
-    bench_main(["models", "--models", "unext_s", "--batch-size", "2", "--size", "32x32", "--steps", "1",
-                "--warmup", "0", "--device", "cpu"])
+    bench_main(["models", "--models", "unext_s", "--batch-size", "2", "--size", "32x32", "--steps", "1", "--warmup", "0", "--device", "cpu"])
     out = capsys.readouterr().out
     assert re.search(r"unext_s\s+│\s+253,561\s+│\s+\d+\.\d", out)
     assert "python -m lesionseg.bench models" in out

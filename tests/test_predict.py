@@ -35,7 +35,6 @@ TINY = (
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from hydra.core.global_hydra import GlobalHydra
-
     from hydra_helpers import compose_train
 
     cfg = compose_train(TINY, tmp_path_factory.mktemp("predict-run") / "run")
@@ -147,7 +146,10 @@ def test_bad_requests_fail_with_one_line_and_leave_folders_alone(trained_run: di
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "lesionseg.predict", ckpt, f"input={tmp_path / 'bad.nii.gz'}", f"output_dir={tmp_path / 'cli'}"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

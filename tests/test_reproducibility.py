@@ -102,7 +102,10 @@ def test_run_killed_mid_epoch_resumes_to_the_configured_epochs(train_config, tmp
     tqdm_bar = "callbacks.progress_bar._target_=lightning.pytorch.callbacks.TQDMProgressBar"
     process = subprocess.Popen(
         [sys.executable, "-m", "lesionseg.train", *TINY_RUN, *fit, tqdm_bar],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     watcher = OutputWatcher(process)
     deadline = time.monotonic() + 240

@@ -24,10 +24,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra_helpers import compose_train
 from omegaconf import DictConfig, OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
-
-from hydra_helpers import compose_train
 
 from lesionseg.config import CONF_DIR
 
@@ -76,9 +75,7 @@ def sweep_jobs(params: DictConfig) -> list[list[str]]:
 
 def run_train(*arguments: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "LESIONSEG_OUTPUTS": str(cwd / "outputs")}
-    return subprocess.run(
-        [sys.executable, "-m", "lesionseg.train", *arguments], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "lesionseg.train", *arguments], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def job_summaries(outputs: Path) -> dict[int, dict]:
@@ -112,8 +109,7 @@ def test_table_sweep_runs_every_recipe_on_every_fold(name: str, experiments: lis
 
 def test_lgg_table_scores_every_method_on_the_same_split() -> None:
     splits = {
-        experiment: OmegaConf.to_container(compose_sweep("lgg_table", [f"experiment={experiment}"]).data, resolve=False)
-        for experiment in TABLES["lgg_table"]
+        experiment: OmegaConf.to_container(compose_sweep("lgg_table", [f"experiment={experiment}"]).data, resolve=False) for experiment in TABLES["lgg_table"]
     }
     keys = ("num_folds", "test_fraction", "split_seed", "kfold_shuffle")
     assert len({tuple(split[key] for key in keys) for split in splits.values()}) == 1
@@ -185,8 +181,15 @@ def test_optuna_sweep_runs_trials_and_writes_the_best_one(tmp_path) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searched_batch = [override for override in TINY_JOB if not override.startswith("data.batch_size=")]
     result = run_train(
-        "-m", "-cd", str(SWEEPS), "-cn", "optuna_search", *searched_batch,
-        "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=tiny",
+        "-m",
+        "-cd",
+        str(SWEEPS),
+        "-cn",
+        "optuna_search",
+        *searched_batch,
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=tiny",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -201,8 +204,17 @@ def test_optuna_sweep_runs_trials_and_writes_the_best_one(tmp_path) -> None:
 
 def test_optuna_search_records_a_crashed_trial_as_failed_and_goes_on(tmp_path) -> None:
     result = run_train(
-        "-m", "-cd", str(SWEEPS), "-cn", "optuna_search", *TINY_JOB, "test=false", "optimizer.lr=1e-3", "optimizer.weight_decay=0",
-        "hydra.sweeper.n_trials=3", "data.fold=choice(0,7)",
+        "-m",
+        "-cd",
+        str(SWEEPS),
+        "-cn",
+        "optuna_search",
+        *TINY_JOB,
+        "test=false",
+        "optimizer.lr=1e-3",
+        "optimizer.weight_decay=0",
+        "hydra.sweeper.n_trials=3",
+        "data.fold=choice(0,7)",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -214,7 +226,13 @@ def test_optuna_search_records_a_crashed_trial_as_failed_and_goes_on(tmp_path) -
 
 def test_submitit_local_launcher_runs_the_job_in_its_own_process(tmp_path) -> None:
     result = run_train(
-        "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *TINY_JOB, "train=false", "test=false", "seed=7",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        *TINY_JOB,
+        "train=false",
+        "test=false",
+        "seed=7",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -29,16 +29,28 @@ TINY_DATA = (
     "logger=csv",
 )
 SUMMARY_FIELDS = {
-    "status", "model", "data", "fold", "seed", "params", "epochs", "best_val", "last_val", "test",
-    "test_slice", "throughput_img_s", "wall_time_s", "git_commit", "best_checkpoint", "last_checkpoint",
+    "status",
+    "model",
+    "data",
+    "fold",
+    "seed",
+    "params",
+    "epochs",
+    "best_val",
+    "last_val",
+    "test",
+    "test_slice",
+    "throughput_img_s",
+    "wall_time_s",
+    "git_commit",
+    "best_checkpoint",
+    "last_checkpoint",
 }
 
 
 def run_cli(*arguments: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "LESIONSEG_OUTPUTS": str(cwd / "outputs")}
-    return subprocess.run(
-        [sys.executable, "-m", "lesionseg.train", *arguments], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "lesionseg.train", *arguments], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def test_fast_dev_run_default_model(train_config) -> None:
@@ -52,8 +64,16 @@ def test_fast_dev_run_default_model(train_config) -> None:
 def test_short_run_lowers_loss_raises_dice_and_writes_the_run_folder(train_config) -> None:
     # The default 96x112x40 phantoms (the lesions are too small to learn in seconds at 64x64), fewer of them.
     cfg = train_config(
-        "data.num_training=10", "data.num_testing=1", "data.num_workers=0", "data.batch_size=8", "model.base_channels=8",
-        "logger=csv", "trainer.max_epochs=4", "optimizer.lr=3e-3", "augment=none", "scheduler=none",
+        "data.num_training=10",
+        "data.num_testing=1",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "model.base_channels=8",
+        "logger=csv",
+        "trainer.max_epochs=4",
+        "optimizer.lr=3e-3",
+        "augment=none",
+        "scheduler=none",
     )
     metric, summary = train(cfg)
     run = Path(cfg.paths.output_dir)
@@ -86,9 +106,7 @@ def test_checkpoint_resumes_in_another_run(train_config, tmp_path) -> None:
     first_cfg = train_config(*TINY_DATA, "trainer.max_epochs=1", "test=false", "trainer.limit_train_batches=3")
     _, first = train(first_cfg)
     assert first["epochs"] == 1
-    resumed_cfg = train_config(
-        *TINY_DATA, "trainer.max_epochs=2", "test=false", "trainer.limit_train_batches=3", f"ckpt_path={first['last_checkpoint']}"
-    )
+    resumed_cfg = train_config(*TINY_DATA, "trainer.max_epochs=2", "test=false", "trainer.limit_train_batches=3", f"ckpt_path={first['last_checkpoint']}")
     resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
     _, second = train(resumed_cfg)
     assert second["epochs"] == 2

@@ -124,13 +124,14 @@ def main(argv: Sequence[str]) -> dict[str, float]:
         "store_speedup": store_rate / nifti_rate,
         "loader_slices_per_s": loader_rate,
     }
-    print(f"data: {args.subjects} synthetic subjects {tuple(args.shape)} (generated in {generated:.1f} s, "
-          f"stored in {stored:.1f} s) -> slices {height}x{width}")
+    print(f"data: {args.subjects} synthetic subjects {tuple(args.shape)} (generated in {generated:.1f} s, stored in {stored:.1f} s) -> slices {height}x{width}")
     print(f"store reads      {store_rate:12,.0f} slices/s")
     print(f"nifti per item   {nifti_rate:12,.1f} slices/s")
     verdict = "ok" if results["store_speedup"] >= STORE_TARGET_RATIO else "BELOW TARGET"
     print(f"store speed-up   {results['store_speedup']:12,.0f} x   (target >= {STORE_TARGET_RATIO:.0f}x: {verdict})")
     verdict = "ok" if loader_rate >= LOADER_TARGET else "BELOW TARGET"
-    print(f"loader augmented {loader_rate:12,.0f} slices/s (augment={args.augment}, workers={args.workers}, "
-          f"batch {args.batch_size}; target >= {LOADER_TARGET:,.0f}/s: {verdict})")
+    print(
+        f"loader augmented {loader_rate:12,.0f} slices/s (augment={args.augment}, workers={args.workers}, "
+        f"batch {args.batch_size}; target >= {LOADER_TARGET:,.0f}/s: {verdict})"
+    )
     return results

@@ -148,12 +148,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="HxW (default 224x192)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per model (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), action="append", help="repeatable (default: cpu, and cuda if available)"
-    )
-    parser.add_argument(
-        "--modes", default="fp32,channels_last,bf16", help="comma-separated: fp32, channels_last, bf16 (vs fp32 in the same run)"
-    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), action="append", help="repeatable (default: cpu, and cuda if available)")
+    parser.add_argument("--modes", default="fp32,channels_last,bf16", help="comma-separated: fp32, channels_last, bf16 (vs fp32 in the same run)")
     return parser.parse_args(list(argv))
 
 
@@ -177,9 +173,7 @@ def main(argv: Sequence[str]) -> None:
         cells = []
         for device in devices:
             rates = [
-                images_per_second(
-                    model, entry.in_channels, args.size, args.batch_size, args.steps, args.warmup, torch.device(device), mode
-                )
+                images_per_second(model, entry.in_channels, args.size, args.batch_size, args.steps, args.warmup, torch.device(device), mode)
                 if device == "cuda" or mode != "bf16" or native_cpu_bfloat16()
                 else None
                 for mode in modes

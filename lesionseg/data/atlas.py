@@ -79,15 +79,12 @@ class AtlasLayout:
     """ATLAS R2.0 or R1.x, whichever the root holds (R2.0 is looked for first)."""
 
     name = "ATLAS"
-    looks_for = (
-        f"ATLAS R2.0 ([ATLAS_2/]Training/{R2_SUBJECT_GLOB}) or "
-        f"ATLAS R1.x (<site>/<subject>/[t01/]*_t1w[_deface]_stx.nii.gz with {R1_MASK_GLOB})"
-    )
+    looks_for = f"ATLAS R2.0 ([ATLAS_2/]Training/{R2_SUBJECT_GLOB}) or ATLAS R1.x (<site>/<subject>/[t01/]*_t1w[_deface]_stx.nii.gz with {R1_MASK_GLOB})"
 
     def detect(self, root: Path) -> bool:
-        return any(
-            next(folder.glob(R2_SUBJECT_GLOB), None) for folder, _ in _r2_folders(root) if folder.is_dir()
-        ) or any(next(root.glob(pattern), None) for pattern in R1_IMAGE_GLOBS)
+        return any(next(folder.glob(R2_SUBJECT_GLOB), None) for folder, _ in _r2_folders(root) if folder.is_dir()) or any(
+            next(root.glob(pattern), None) for pattern in R1_IMAGE_GLOBS
+        )
 
     def find(self, root: Path) -> list[Case]:
         return find_r2(root) or find_r1(root)
@@ -99,9 +96,7 @@ class AtlasLayout:
         for path in case.mask:
             label, _ = read_volume(path)
             if label.shape != voxels.shape:
-                raise DataError(
-                    f"{path}: mask shape {label.shape} differs from image shape {voxels.shape} ({case.image[0]})"
-                )
+                raise DataError(f"{path}: mask shape {label.shape} differs from image shape {voxels.shape} ({case.image[0]})")
             mask = label if mask is None else np.maximum(mask, label)
         return CaseArrays(
             image=axial_slices(voxels)[:, None],

@@ -71,9 +71,7 @@ def fill_outlines(drawn: np.ndarray) -> np.ndarray:
     return filled
 
 
-def extract_colour_mask(
-    label_rgb: np.ndarray, size: tuple[int, int], colour: LabelColour = LabelColour()
-) -> np.ndarray:
+def extract_colour_mask(label_rgb: np.ndarray, size: tuple[int, int], colour: LabelColour = LabelColour()) -> np.ndarray:
     """uint8 {0, 1} mask of shape `size` (H, W) from an RGB label image with outlines in `colour`."""
     filled = fill_outlines(colour.match(label_rgb))
     height, width = size

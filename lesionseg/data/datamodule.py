@@ -140,15 +140,11 @@ class LesionDataModule(L.LightningDataModule):
         stored = self._store_labelled()
         self._check_channels(stored)
         self.stored = {case.subject: case for case in stored}
-        self.split = split_subjects(
-            list(self.stored), self.num_folds, self.fold, self.test_fraction, self.split_seed, self.kfold_shuffle
-        )
+        self.split = split_subjects(list(self.stored), self.num_folds, self.fold, self.test_fraction, self.split_seed, self.kfold_shuffle)
 
     def _check_channels(self, stored: Sequence[StoredCase]) -> None:
         if stored and stored[0].image.shape[1] not in (1, self.in_channels):
-            raise ValueError(
-                f"data.in_channels={self.in_channels} but {self.name} images have {stored[0].image.shape[1]} channels"
-            )
+            raise ValueError(f"data.in_channels={self.in_channels} but {self.name} images have {stored[0].image.shape[1]} channels")
 
     # ---- datasets --------------------------------------------------------------------------
     def subjects(self, split: str) -> list[StoredCase]:

@@ -134,9 +134,7 @@ class DicomStrokeLayout:
         return mask
 
 
-def _dicom_slice(
-    pixels: np.ndarray, patient: str, series_uid: str, study_uid: str, number: int, uid_seed: str
-) -> Dataset:
+def _dicom_slice(pixels: np.ndarray, patient: str, series_uid: str, study_uid: str, number: int, uid_seed: str) -> Dataset:
     """A valid single-frame 16-bit MONOCHROME2 MR Image Storage dataset holding `pixels` (uint16)."""
     sop_uid = generate_uid(entropy_srcs=[uid_seed, "sop", str(number)])
     meta = FileMetaDataset()

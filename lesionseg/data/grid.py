@@ -40,9 +40,7 @@ def merge_grid(tiles: torch.Tensor, grid: int, size: tuple[int, int]) -> torch.T
     return merged[..., : size[0], : size[1]]
 
 
-def predict_in_grid(
-    model: nn.Module, images: torch.Tensor, grid: int
-) -> torch.Tensor | dict[str, torch.Tensor]:
+def predict_in_grid(model: nn.Module, images: torch.Tensor, grid: int) -> torch.Tensor | dict[str, torch.Tensor]:
     """Run `model` on every tile of `images` and reassemble full-slice logits (the paper's inference).
 
     A model with a classification head returns `{"seg", "cls"}`; the slice's `cls` logit is the

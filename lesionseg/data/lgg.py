@@ -118,10 +118,7 @@ def write_synthetic_lgg(root: Path, n_subjects: int, seed: int = 0, n_slices: in
         folder = root / f"{patient}_{19960909 + index}"
         folder.mkdir(exist_ok=True)
         anatomy_seed = int(rng.integers(2**32))
-        channels = [
-            phantom((size, size, n_slices), np.random.default_rng(anatomy_seed), lesion_intensity=intensity)
-            for intensity in LGG_LESION_INTENSITIES
-        ]
+        channels = [phantom((size, size, n_slices), np.random.default_rng(anatomy_seed), lesion_intensity=intensity) for intensity in LGG_LESION_INTENSITIES]
         rgb = np.stack([axial_slices(channel.image) for channel in channels], axis=-1)
         rgb = np.clip(rgb * (255.0 / rgb.max()), 0, 255).astype(np.uint8)
         masks = axial_slices(channels[0].mask) * np.uint8(255)

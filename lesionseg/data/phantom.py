@@ -44,9 +44,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     return field / (field.std() + 1e-8)
 
 
-def _lesion(
-    rng: np.random.Generator, shape: tuple[int, ...], centre: np.ndarray, radius: float, roughness: np.ndarray
-) -> np.ndarray:
+def _lesion(rng: np.random.Generator, shape: tuple[int, ...], centre: np.ndarray, radius: float, roughness: np.ndarray) -> np.ndarray:
     """An irregular blob around `centre` (always containing it): a few overlapping jittered ellipsoids
     with a rough (noise-perturbed) edge."""
     reach = 2.5 * radius

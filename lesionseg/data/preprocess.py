@@ -48,7 +48,7 @@ class Preprocess:
             raise ValueError(f"preprocess.clip_percentiles={self.clip_percentiles}: need 0 <= low < high <= 100")
 
     @classmethod
-    def from_config(cls, options: Mapping | None) -> "Preprocess":
+    def from_config(cls, options: Mapping | None) -> Preprocess:
         """Build from the `data.preprocess` mapping (lists become tuples; unknown keys are an error)."""
         options = dict(options or {})
         unknown = set(options) - set(cls.__dataclass_fields__)

@@ -35,7 +35,7 @@ class SliceDataset(Dataset):
         self.channels = channels
 
     @classmethod
-    def all_slices(cls, cases: Sequence[StoredCase], channels: int | None = None) -> "SliceDataset":
+    def all_slices(cls, cases: Sequence[StoredCase], channels: int | None = None) -> SliceDataset:
         """Every slice of every case, subject by subject in axial order, unaugmented."""
         return cls(cases, [(i, z) for i, case in enumerate(cases) for z in range(case.num_slices)], None, channels)
 

@@ -35,8 +35,7 @@ def split_subjects(
     pool = [s for i, s in enumerate(ordered) if i not in test_positions]
     if len(pool) < num_folds:
         raise DataError(
-            f"{len(ordered)} subjects leave {len(pool)} for {num_folds}-fold cross-validation "
-            f"(test_fraction={test_fraction}); need at least {num_folds}"
+            f"{len(ordered)} subjects leave {len(pool)} for {num_folds}-fold cross-validation (test_fraction={test_fraction}); need at least {num_folds}"
         )
     order = rng.permutation(len(pool)) if shuffle else np.arange(len(pool))
     folds = np.array_split(order, num_folds)

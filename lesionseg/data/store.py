@@ -155,9 +155,7 @@ class SliceStore:
                 raise DataError(f"{record['mask_problem']} (strict_masks=true)")
             warnings.warn(f"{record['mask_problem']}; binarised as > 0", stacklevel=2)
         mask_path = stem.with_name(stem.name + ".mask.npy") if record["labelled"] else None
-        return StoredCase(
-            case.subject, stem.with_name(stem.name + ".image.npy"), mask_path, tuple(record["lesion_slices"])
-        )
+        return StoredCase(case.subject, stem.with_name(stem.name + ".image.npy"), mask_path, tuple(record["lesion_slices"]))
 
     @staticmethod
     def _read_record(path: Path) -> dict | None:
@@ -177,8 +175,7 @@ class SliceStore:
         peak = float(np.abs(image).max(initial=0.0))
         if peak > FLOAT16_MAX:
             raise DataError(
-                f"{case.image[0]}: preprocessed intensities reach {peak:.3g}, beyond float16; "
-                "choose a data.preprocess.normalisation other than none"
+                f"{case.image[0]}: preprocessed intensities reach {peak:.3g}, beyond float16; choose a data.preprocess.normalisation other than none"
             )
         _write_atomic(stem.with_name(stem.name + ".image.npy"), lambda f: np.save(f, image.astype(np.float16)))
         if mask is not None:

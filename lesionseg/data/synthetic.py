@@ -30,9 +30,7 @@ def _subject_phantom(seed: int, index: int, shape: tuple[int, int, int]):
     return phantom(tuple(shape), np.random.default_rng([seed, index]))
 
 
-def write_atlas_r2(
-    root: str | Path, num_training: int, num_testing: int, shape: tuple[int, int, int], seed: int = 0
-) -> Path:
+def write_atlas_r2(root: str | Path, num_training: int, num_testing: int, shape: tuple[int, int, int], seed: int = 0) -> Path:
     """Write an ATLAS R2.0 tree under `root`: labelled `Training/` subjects, unlabelled `Testing/` ones."""
     root = Path(root)
     for index in range(num_training + num_testing):
@@ -65,9 +63,7 @@ def write_atlas_r1(root: str | Path, num_subjects: int, shape: tuple[int, int, i
     return root
 
 
-def synthetic_atlas(
-    parent: str | Path, num_training: int, num_testing: int, shape: tuple[int, int, int], seed: int
-) -> Path:
+def synthetic_atlas(parent: str | Path, num_training: int, num_testing: int, shape: tuple[int, int, int], seed: int) -> Path:
     """The synthetic ATLAS R2.0 root `<parent>/<params-hash>` for these parameters, generated on first use.
 
     Generation happens in a temporary folder beside the target and is moved into place at once, so

@@ -45,9 +45,7 @@ def checked(case: Case, arrays: CaseArrays, strict_masks: bool = False, num_clas
         return CaseArrays(image=image, mask=None, affine=arrays.affine), None
     expected = (image.shape[0], *image.shape[2:])
     if mask.shape != expected:
-        raise DataError(
-            f"{_file(case.mask)}: mask shape {mask.shape} differs from image shape {expected} ({_file(case.image)})"
-        )
+        raise DataError(f"{_file(case.mask)}: mask shape {mask.shape} differs from image shape {expected} ({_file(case.image)})")
     if not np.isfinite(mask).all():
         raise DataError(f"{_file(case.mask)}: mask holds NaN or infinite voxels")
     values = set(np.unique(mask).tolist())

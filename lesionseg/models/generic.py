@@ -101,16 +101,10 @@ def key_mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch
         "unexpected": [key for key in state if key not in expected],
         "wrong shape": [key for key in expected if key in state and state[key].shape != expected[key].shape],
     }
-    return "; ".join(
-        f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-        for kind, keys in problems.items()
-        if keys
-    )
+    return "; ".join(f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" for kind, keys in problems.items() if keys)
 
 
-def nnunet_2d_plan(
-    patch_size: Sequence[int], min_feature_map_size: int = 4
-) -> tuple[list[list[int]], list[list[int]]]:
+def nnunet_2d_plan(patch_size: Sequence[int], min_feature_map_size: int = 4) -> tuple[list[list[int]], list[list[int]]]:
     """nnU-Net's 2D pooling plan for a patch: (kernel sizes, strides), one entry per stage.
 
     Each axis is halved while its feature map stays >= `min_feature_map_size` (nnU-Net's 4), so
@@ -120,8 +114,7 @@ def nnunet_2d_plan(
     if len(patch_size) != 2 or min(patch_size) < 2 * min_feature_map_size:
         raise ValueError(f"patch_size must be 2 sizes >= {2 * min_feature_map_size}, got {list(patch_size)}")
     pools_per_axis = [int(math.log2(size / min_feature_map_size)) for size in patch_size]
-    strides = [[1, 1]] + [[2 if stage <= pools else 1 for pools in pools_per_axis]
-                          for stage in range(1, max(pools_per_axis) + 1)]
+    strides = [[1, 1]] + [[2 if stage <= pools else 1 for pools in pools_per_axis] for stage in range(1, max(pools_per_axis) + 1)]
     kernels = [[3, 3] for _ in strides]
     return kernels, strides
 

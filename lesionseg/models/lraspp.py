@@ -84,9 +84,7 @@ class LRASPPMobileNetV3(nn.Module):
         if variant not in BACKBONES:
             raise ValueError(f"variant must be one of {sorted(BACKBONES)}, got {variant!r}")
         skip_strides = tuple(skip_strides)
-        if any(stride not in (2, 4) for stride in skip_strides) or list(skip_strides) != sorted(
-            set(skip_strides), reverse=True
-        ):
+        if any(stride not in (2, 4) for stride in skip_strides) or list(skip_strides) != sorted(set(skip_strides), reverse=True):
             raise ValueError(f"skip_strides must be distinct values of (4, 2), deepest first, got {skip_strides}")
         backbone = BACKBONES[variant](weights=None, width_mult=width_mult, reduced_tail=reduced_tail, dilated=dilated)
         self.features = backbone.features
@@ -100,10 +98,7 @@ class LRASPPMobileNetV3(nn.Module):
         self.taps = {stride: index for index, stride in enumerate(strides) if stride in (2, 4, LOW_STRIDE)}
         self.skip_strides = skip_strides
         self.head = LRASPPHead(channels[self.taps[LOW_STRIDE]], channels[-1], num_classes, inter_channels)
-        self.skip_projections = nn.ModuleList(
-            Conv2dNormActivation(channels[self.taps[stride]], inter_channels, kernel_size=1)
-            for stride in skip_strides
-        )
+        self.skip_projections = nn.ModuleList(Conv2dNormActivation(channels[self.taps[stride]], inter_channels, kernel_size=1) for stride in skip_strides)
 
     def encode(self, x: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
         """Backbone features at the tapped strides, and the deepest features."""

@@ -45,9 +45,7 @@ class ResidualUnit(nn.Module):
         if stride == 1 and in_channels == out_channels:
             self.shortcut: nn.Module = nn.Identity()
         else:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride), nn.BatchNorm2d(out_channels)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride), nn.BatchNorm2d(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.shortcut(x)

@@ -22,9 +22,7 @@ VGG16_STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 25
 
 def vgg_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     """VGG16-BN unit: 3x3 conv (with bias, as in VGG) -> BN -> ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 def conv_stack(widths: list[int]) -> nn.Sequential:
@@ -45,9 +43,7 @@ class SegNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         stage_inputs = [in_channels] + [widths[-1] for widths in VGG16_STAGES[:-1]]
-        self.encoder = nn.ModuleList(
-            conv_stack([c_in, *widths]) for c_in, widths in zip(stage_inputs, VGG16_STAGES)
-        )
+        self.encoder = nn.ModuleList(conv_stack([c_in, *widths]) for c_in, widths in zip(stage_inputs, VGG16_STAGES))
         self.pool = nn.MaxPool2d(2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(2)
         # Decoder stage i mirrors encoder stage i: same widths, ending at the width that entered it.

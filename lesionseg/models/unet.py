@@ -64,9 +64,7 @@ class UNet(nn.Module):
             raise ValueError(f"depth must be >= 1, got {depth}")
         widths = [base_channels * 2**level for level in range(depth + 1)]
         self.stride = 2**depth
-        self.encoder = nn.ModuleList(
-            DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths)
-        )
+        self.encoder = nn.ModuleList(DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths))
         self.pool = nn.MaxPool2d(2)
         self.ups = nn.ModuleList(up_block(widths[i + 1], widths[i], upsampling) for i in reversed(range(depth)))
         self.decoder = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in reversed(range(depth)))

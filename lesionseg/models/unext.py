@@ -47,9 +47,7 @@ def shift_channel_groups(tokens: torch.Tensor, axis: int, groups: int = SHIFT_GR
     padding[2 * (3 - axis)] = padding[2 * (3 - axis) + 1] = reach
     padded = F.pad(tokens, padding)
     chunks = padded.chunk(groups, dim=-1)
-    shifted = torch.cat(
-        [chunk.roll(offset, dims=axis) for chunk, offset in zip(chunks, range(-reach, reach + 1))], dim=-1
-    )
+    shifted = torch.cat([chunk.roll(offset, dims=axis) for chunk, offset in zip(chunks, range(-reach, reach + 1))], dim=-1)
     return shifted.narrow(axis, reach, tokens.shape[axis])
 
 
@@ -163,13 +161,9 @@ class UNeXt(nn.Module):
         super().__init__()
         c1, c2, c3 = conv_widths
         t1, t2 = token_widths
-        self.encoder = nn.ModuleList(
-            [ConvStage(in_channels, c1), ConvStage(c1, c2), ConvStage(c2, c3), TokenizedStage(c3, t1)]
-        )
+        self.encoder = nn.ModuleList([ConvStage(in_channels, c1), ConvStage(c1, c2), ConvStage(c2, c3), TokenizedStage(c3, t1)])
         self.bottleneck = TokenizedStage(t1, t2)
-        self.up = nn.ModuleList(
-            [UpStage(t2, t1), UpStage(t1, c3), UpStage(c3, c2), UpStage(c2, c1), UpStage(c1, c1, batch_norm=False)]
-        )
+        self.up = nn.ModuleList([UpStage(t2, t1), UpStage(t1, c3), UpStage(c3, c2), UpStage(c2, c1), UpStage(c1, c1, batch_norm=False)])
         self.decoder_mlps = nn.ModuleList([DecoderMLP(t1), DecoderMLP(c3)])
         self.head = nn.Conv2d(c1, num_classes, kernel_size=1)
 

@@ -120,8 +120,7 @@ class XNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.fsm = FeatureSimilarityModule(widths[-1])
         self.ups = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), KerasConvBNReLU(widths[i + 1], widths[i], 3))
-            for i in reversed(range(depth))
+            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), KerasConvBNReLU(widths[i + 1], widths[i], 3)) for i in reversed(range(depth))
         )
         self.decoder = nn.ModuleList(XBlock(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)

@@ -34,6 +34,7 @@ from lesionseg.config import (
     resolve_checkpoint,
 )
 from lesionseg.data.cases import DataError
+from lesionseg.factory import build_net
 from lesionseg.module import SegmentationModule
 from lesionseg.postprocess import LesionCleanup
 from lesionseg.summary import (
@@ -119,7 +120,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     (output_dir / "split.json").write_text(json.dumps(datamodule.split, indent=2))
     OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
 
-    net = hydra.utils.instantiate(cfg.model)
+    net = build_net(cfg.model)
     if cfg.get("compile"):
         net = torch.compile(net)
     module = build_module(cfg, net, output_dir)

@@ -17,7 +17,7 @@ MODEL_METADATA_KEYS = ("explain_layer",)
 
 def model_arguments(model_cfg: DictConfig) -> DictConfig:
     """The model config without its metadata keys (a copy; the run config keeps them)."""
-    arguments = OmegaConf.masked_copy(model_cfg, [key for key in model_cfg.keys() if key not in MODEL_METADATA_KEYS])
+    arguments = OmegaConf.masked_copy(model_cfg, [str(key) for key in model_cfg.keys() if key not in MODEL_METADATA_KEYS])
     assert isinstance(arguments, DictConfig)
     return arguments
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lesionseg.callbacks import ThroughputMonitor, ValidationHistory
 from lesionseg.config import (
+    CONF_DIR,
     UsageError,
     check_overrides,
     exit_on_usage_error,
@@ -222,7 +223,7 @@ def write_failed_summary(cfg: DictConfig, error: BaseException) -> None:
     write_summary(output_dir / "summary.json", summary)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:

@@ -13,7 +13,9 @@ SUBCOMMANDS = {
 }
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the benchmark named by the first argument (default: the command line's)."""
+    argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in SUBCOMMANDS:
         choices = "|".join(SUBCOMMANDS)
         raise SystemExit(f"usage: python -m lesionseg.bench {{{choices}}} [--help | options]; got: {' '.join(argv)!r}")
@@ -21,4 +23,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

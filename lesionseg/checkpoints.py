@@ -16,9 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lesionseg.config import UsageError
-from lesionseg.factory import build_net
+from lesionseg.factory import build_module
 from lesionseg.module import SegmentationModule
-from lesionseg.train import build_module
 
 
 def parse_key_values(arguments: Sequence[str], own_keys: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -59,7 +58,7 @@ def merged_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 def restore_module(checkpoint: dict[str, Any], cfg: DictConfig, output_dir: Path | None) -> SegmentationModule:
     """The trained `SegmentationModule` of `checkpoint`, built from `cfg` (inference settings included)."""
-    module = build_module(cfg, build_net(cfg.model), output_dir)
+    module = build_module(cfg, output_dir)
     module.load_state_dict(checkpoint["state_dict"])
     return module
 

@@ -36,8 +36,10 @@ from torchmetrics.classification import (
 
 from lesionseg.data.grid import predict_in_grid
 from lesionseg.evaluation import SubjectAccumulator, summarize_subjects
+from lesionseg.inference.cleanup import clean_mask
+from lesionseg.inference.settings import InferenceSettings
+from lesionseg.inference.tta import flip_tta
 from lesionseg.overlays import OverlaySample, log_overlays
-from lesionseg.postprocess import LesionCleanup, flip_tta
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -57,7 +59,7 @@ def slice_metrics(num_classes: int) -> MetricCollection:
             }
         )
     # Macro average over classes; the per-subject 3D metrics of the test stage score the foreground.
-    kwargs = {"num_classes": num_classes, "average": "macro"}
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "average": "macro"}
     return MetricCollection(
         {
             "dice": MulticlassF1Score(**kwargs),
@@ -92,16 +94,12 @@ class SegmentationModule(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         num_classes: int = 1,
-        threshold: float = 0.5,
         cls_loss_weight: float = 1.0,
         cls_pos_weight: float | None = None,
         num_overlays: int = 4,
         output_dir: str | None = None,
         channels_last: bool = False,
-        grid: int = 1,
-        tta_flips: list[list[int]] | None = None,
-        cleanup: LesionCleanup | None = None,
-        cls_gate: float | None = None,
+        inference: InferenceSettings | None = None,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -110,17 +108,13 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_classes = num_classes
-        self.threshold = threshold
+        self.inference = inference or InferenceSettings()
         self.cls_loss_weight = cls_loss_weight
         pos_weight = None if cls_pos_weight is None else torch.tensor([cls_pos_weight])
         self.cls_loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
         self.num_overlays = num_overlays
         self.output_dir = Path(output_dir) if output_dir else None
         self.channels_last = channels_last
-        self.grid = grid
-        self.tta_flips = [list(dims) for dims in tta_flips or []]
-        self.cleanup = cleanup if cleanup is not None and cleanup.active else None
-        self.cls_gate = cls_gate
         self.run_config = run_config
         self.metrics = nn.ModuleDict({f"{stage}_": slice_metrics(num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")})
         self.test_subjects = SubjectAccumulator()
@@ -139,32 +133,33 @@ class SegmentationModule(L.LightningModule):
         return torch.sigmoid(seg_logits) if self.num_classes == 1 else torch.softmax(seg_logits, dim=1)
 
     def predict_mask(self, seg_logits: torch.Tensor, refine: bool = False, cls_logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Class-index mask (B, H, W): sigmoid > threshold when binary, argmax otherwise.
+        """Class-index mask (B, H, W): sigmoid > `inference.threshold` when binary, argmax otherwise.
 
-        `refine` (test and predict only) applies the configured component clean-up (binary masks)
-        and, with `cls_gate` set and a classifier output given, empties every slice whose lesion
-        probability is below the gate (the few-label stroke study's classifier gating).
+        `refine` (test and predict only): with `inference.cls_gate` set and a classifier output
+        given, empty every slice whose lesion probability is below the gate (the few-label stroke
+        study's classifier gating). Component clean-up needs the whole subject: `clean_mask` runs on
+        each reassembled volume (`on_test_epoch_end`, `lesionseg.inference.Predictor`).
         """
         if self.num_classes > 1:
             mask = seg_logits.argmax(dim=1)
         else:
-            mask = (torch.sigmoid(seg_logits[:, 0].float()) > self.threshold).long()
-            if refine and self.cleanup is not None:
-                mask = self.cleanup(mask)
-        if refine and self.cls_gate is not None and cls_logits is not None:
+            mask = (torch.sigmoid(seg_logits[:, 0].float()) > self.inference.threshold).long()
+        gate = self.inference.cls_gate
+        if refine and gate is not None and cls_logits is not None:
             lesion_probability = torch.sigmoid(cls_logits.float()).reshape(len(mask), -1).amax(dim=1)
-            mask = mask * (lesion_probability >= self.cls_gate).to(mask.dtype)[:, None, None]
+            mask = mask * (lesion_probability >= gate).to(mask.dtype)[:, None, None]
         return mask
 
     def whole_slice_output(self, image: torch.Tensor) -> torch.Tensor | Mapping[str, torch.Tensor]:
         """Model output for whole slices; a model trained on a KxK grid predicts tile by tile."""
-        return predict_in_grid(self, image, self.grid) if self.grid > 1 else self(image)
+        grid = self.inference.grid
+        return predict_in_grid(self, image, grid) if grid > 1 else self(image)
 
     def inference_logits(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Segmentation logits with the configured flip TTA, and the classifier logits if any."""
         seg_logits, cls_logits = split_output(self.whole_slice_output(image))
-        if self.tta_flips:
-            seg_logits = flip_tta(lambda x: split_output(self.whole_slice_output(x))[0], image, self.tta_flips, seg_logits)
+        if self.inference.tta_flips:
+            seg_logits = flip_tta(lambda x: split_output(self.whole_slice_output(x))[0], image, self.inference.tta_flips, seg_logits)
         return seg_logits, cls_logits
 
     # ---------------------------------------------------------------- steps
@@ -246,7 +241,7 @@ class SegmentationModule(L.LightningModule):
         self.test_subjects = SubjectAccumulator()
 
     def on_test_epoch_end(self) -> None:
-        self.test_subjects = self.test_subjects.gathered()
+        self.test_subjects = self.cleaned_subjects(self.test_subjects.gathered())
         table = self.test_subjects.compute()
         self.test_subject_table = table
         self.test_subject_summary = summarize_subjects(table)
@@ -275,6 +270,16 @@ class SegmentationModule(L.LightningModule):
                     caption=f"{batch['subject'][index]} slice {int(batch['slice_index'][index])}",
                 )
             )
+
+    def cleaned_subjects(self, subjects: SubjectAccumulator) -> SubjectAccumulator:
+        """The subjects' masks after `inference` clean-up, applied to each reassembled volume (binary masks)."""
+        if not self.inference.cleans_up or self.num_classes > 1:
+            return subjects
+        cleaned = SubjectAccumulator()
+        for subject, (pred, target) in subjects.volumes().items():
+            volume = torch.from_numpy(clean_mask(pred, self.inference))
+            cleaned.add([subject] * len(volume), torch.arange(len(volume)), volume, None if target is None else torch.from_numpy(target))
+        return cleaned
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:

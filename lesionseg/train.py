@@ -35,9 +35,7 @@ from lesionseg.config import (
     resolve_checkpoint,
 )
 from lesionseg.data.cases import DataError
-from lesionseg.factory import build_net
-from lesionseg.module import SegmentationModule
-from lesionseg.postprocess import LesionCleanup
+from lesionseg.factory import build_module, build_net
 from lesionseg.summary import (
     count_parameters,
     git_commit,
@@ -84,28 +82,6 @@ def sweep_name() -> str | None:
     return None
 
 
-def build_module(cfg: DictConfig, net: torch.nn.Module, output_dir: Path | None) -> SegmentationModule:
-    """The LightningModule for `cfg`, carrying the resolved config for `lesionseg.evaluate`."""
-    return SegmentationModule(
-        net=net,
-        loss=hydra.utils.instantiate(cfg.loss),
-        optimizer=hydra.utils.instantiate(cfg.optimizer),
-        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        num_classes=cfg.data.num_classes,
-        threshold=cfg.threshold,
-        cls_loss_weight=cfg.cls_loss_weight,
-        cls_pos_weight=cfg.get("cls_pos_weight"),
-        num_overlays=cfg.num_overlays,
-        output_dir=str(output_dir) if output_dir else None,
-        channels_last=cfg.channels_last,
-        grid=cfg.data.get("grid", 1),
-        tta_flips=cfg.inference.tta_flips,
-        cleanup=LesionCleanup(cfg.inference.keep_largest, cfg.inference.min_size),
-        cls_gate=cfg.inference.get("cls_gate"),
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-    )
-
-
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit, test with the best checkpoint, write summary.json; return (optimised metric, summary)."""
     started = time.perf_counter()
@@ -124,7 +100,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     net = build_net(cfg.model)
     if cfg.get("compile"):
         net = torch.compile(net)
-    module = build_module(cfg, net, output_dir)
+    module = build_module(cfg, output_dir, net)
     history = ValidationHistory()
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,

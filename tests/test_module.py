@@ -7,6 +7,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.losses import Dice
 from lesionseg.module import SegmentationModule
 
@@ -54,7 +55,7 @@ def test_deep_supervision_trains_the_main_head_and_every_auxiliary_head() -> Non
 
 def test_classifier_gate_empties_slices_the_classifier_rejects() -> None:
     image = torch.zeros(2, 1, 4, 4)
-    gated = module_for(FixedOutput([-4.0, 4.0]), cls_gate=0.5).eval()
+    gated = module_for(FixedOutput([-4.0, 4.0]), inference=InferenceSettings(cls_gate=0.5)).eval()
     output = gated.predict_step({"image": image, "subject": ["a", "a"], "slice_index": torch.arange(2)}, 0)
     assert output["mask"][0].sum() == 0 and output["mask"][1].sum() == 16
     ungated = module_for(FixedOutput([-4.0, 4.0])).eval()

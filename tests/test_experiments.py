@@ -23,8 +23,8 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 from lesionseg.config import CONF_DIR
 from lesionseg.data.dicom_stroke import write_synthetic_dicom_stroke
 from lesionseg.data.splits import split_subjects
-from lesionseg.data.synthetic import write_atlas_r2
 from lesionseg.losses import Dice, DiceCE, WeightedCE
+from lesionseg.synthetic.atlas import write_atlas_r2
 from lesionseg.train import train
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -39,6 +39,7 @@ from lesionseg.evaluation import SubjectAccumulator, summarize_subjects
 from lesionseg.inference.cleanup import clean_mask
 from lesionseg.inference.settings import InferenceSettings
 from lesionseg.inference.tta import flip_tta
+from lesionseg.optim import build_optimizer
 from lesionseg.overlays import OverlaySample, log_overlays
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -283,7 +284,7 @@ class SegmentationModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = build_optimizer(self.optimizer_factory, self)  # with the config's param_groups, if any
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

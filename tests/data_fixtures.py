@@ -12,7 +12,7 @@ import pytest
 
 from lesionseg.data.atlas import AtlasLayout
 from lesionseg.data.datamodule import LesionDataModule
-from lesionseg.data.synthetic import write_atlas_r1, write_atlas_r2
+from lesionseg.synthetic.atlas import write_atlas_r1, write_atlas_r2
 
 TINY_SHAPE = (24, 28, 6)
 NUM_TRAINING, NUM_TESTING = 8, 2

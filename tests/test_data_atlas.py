@@ -22,8 +22,8 @@ from data_fixtures import (  # noqa: F401  (fixtures)
 from lesionseg.data.atlas import AtlasLayout
 from lesionseg.data.cases import DataError
 from lesionseg.data.nifti import write_volume
-from lesionseg.data.phantom import phantom
-from lesionseg.data.synthetic import synthetic_atlas
+from lesionseg.synthetic.atlas import synthetic_atlas
+from lesionseg.synthetic.phantom import phantom
 
 
 def test_r2_layout_finds_training_labelled_and_testing_unlabelled(r2_root: Path) -> None:

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from lesionseg.data.cases import DataError
-from lesionseg.data.folder import FolderLayout, write_synthetic_folder
+from lesionseg.data.folder import FolderLayout
+from lesionseg.synthetic.folder import write_synthetic_folder
 
 SIZE, VOLUME_SLICES = 24, 5
 

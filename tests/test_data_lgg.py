@@ -12,7 +12,8 @@ import pytest
 import tifffile
 
 from lesionseg.data.cases import DataError
-from lesionseg.data.lgg import LggLayout, write_synthetic_lgg
+from lesionseg.data.lgg import LggLayout
+from lesionseg.synthetic.lgg import write_synthetic_lgg
 
 NUM_SLICES = 11  # > 10, so lexical order (1, 10, 11, 2, ...) differs from numeric order
 
@@ -127,6 +128,7 @@ def test_mask_values_beyond_0_255_warn_or_fail_when_strict(train_config, lgg_cop
     mask_path = patient / f"{patient.name}_5_mask.tif"
     mask = tifffile.imread(mask_path)
     mask[mask > 0] = 128
+    mask[10:14, 10:14] = 128  # values outside {0, 255} whether or not this slice cuts the tumour
     mask[0, 0] = 255
     tifffile.imwrite(mask_path, mask)
     with pytest.raises(DataError, match="strict_masks"):

@@ -24,7 +24,7 @@ from lesionseg.config import CONF_DIR
 from lesionseg.data.atlas import AtlasLayout
 from lesionseg.data.datamodule import LesionDataModule
 from lesionseg.data.slices import SliceDataset
-from lesionseg.data.synthetic import synthetic_atlas
+from lesionseg.synthetic.atlas import synthetic_atlas
 
 ATLAS_SHAPE = (197, 233, 189)
 XNET_PREPROCESS = {"crop": [[5, 229], [2, 194]], "normalisation": "constant", "scale": 100.0}
@@ -53,7 +53,7 @@ def nifti_reads_per_second(module: LesionDataModule, items: int, rng: np.random.
         case = cases[int(rng.integers(len(cases)))]
         arrays = module.layout.load(case)
         z = int(rng.integers(arrays.image.shape[0]))
-        module.preprocess(arrays.image[z : z + 1], arrays.mask[z : z + 1])
+        module.preprocess(arrays.image[z : z + 1], None if arrays.mask is None else arrays.mask[z : z + 1])
     return _rate(items, time.perf_counter() - start)
 
 

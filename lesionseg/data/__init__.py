@@ -10,5 +10,6 @@ One path for every dataset (`datamodule.LesionDataModule`); what differs per dat
 - `splits`: held-out test fraction + k-fold cross-validation, by subject.
 - `store`: decoded cases as memory-mapped `.npy` files, rebuilt only when sources or parameters change.
 - `slices`, `augment`: torch datasets over the store and joint image/mask augmentation.
-- `phantom`, `synthetic`: brain phantoms with lesions and the synthetic ATLAS writer (`data=synthetic`).
+
+Synthetic datasets in these layouts are written by `lesionseg.synthetic`.
 """

@@ -19,19 +19,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import tifffile
 
 from lesionseg.data.cases import Case, CaseArrays, DataError
 from lesionseg.data.image_files import read_tiff
-from lesionseg.data.nifti import axial_slices
-from lesionseg.data.phantom import phantom
 from lesionseg.data.validate import missing_mask
 
 SLICE_NAME = re.compile(r"^(?P<prefix>.+)_(?P<number>\d+)\.tif$")
 MASK_SUFFIX = "_mask"
-# Lesion intensity per channel (white matter = 110): pre-contrast dark, FLAIR bright, post-contrast mid.
-LGG_LESION_INTENSITIES = (60.0, 170.0, 95.0)
 LOOKS_FOR = "the LGG kaggle_3m layout (<root>[/kaggle_3m]/<patient>/<patient>_<N>.tif with <patient>_<N>_mask.tif)"
 
 
@@ -100,31 +94,3 @@ class LggLayout:
             images.append(image)
             masks.append(mask)
         return CaseArrays(image=np.stack(images).transpose(0, 3, 1, 2).astype(np.float32), mask=np.stack(masks))
-
-
-def write_synthetic_lgg(root: Path, n_subjects: int, seed: int = 0, n_slices: int = 12, size: int = 256) -> Path:
-    """Write phantom patients in the kaggle_3m layout under `root` (returns `root`).
-
-    Each patient is one 3D phantom cut into `n_slices` axial RGB TIFFs (pre-contrast, FLAIR,
-    post-contrast: one anatomy, the lesion dark, bright and mid-grey) with 0/255 mask TIFFs, numbered
-    from 1 so that lexical and numeric order differ from 10 slices on, plus the root `data.csv`.
-    """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for index in range(n_subjects):
-        patient = f"TCGA_{chr(65 + index // 26 % 26)}{chr(65 + index % 26)}_{1000 + index}"
-        folder = root / f"{patient}_{19960909 + index}"
-        folder.mkdir(exist_ok=True)
-        anatomy_seed = int(rng.integers(2**32))
-        channels = [phantom((size, size, n_slices), np.random.default_rng(anatomy_seed), lesion_intensity=intensity) for intensity in LGG_LESION_INTENSITIES]
-        rgb = np.stack([axial_slices(channel.image) for channel in channels], axis=-1)
-        rgb = np.clip(rgb * (255.0 / rgb.max()), 0, 255).astype(np.uint8)
-        masks = axial_slices(channels[0].mask) * np.uint8(255)
-        for number in range(1, n_slices + 1):
-            tifffile.imwrite(folder / f"{folder.name}_{number}.tif", rgb[number - 1], photometric="rgb")
-            tifffile.imwrite(folder / f"{folder.name}_{number}_mask.tif", masks[number - 1])
-        rows.append({"Patient": patient, "RNASeqCluster": int(rng.integers(1, 5)), "death01": int(rng.integers(0, 2))})
-    pd.DataFrame(rows).to_csv(root / "data.csv", index=False)
-    return root

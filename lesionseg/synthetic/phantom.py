@@ -44,17 +44,18 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     return field / (field.std() + 1e-8)
 
 
-def _lesion(rng: np.random.Generator, shape: tuple[int, ...], centre: np.ndarray, radius: float, roughness: np.ndarray) -> np.ndarray:
+def _lesion(rng: np.random.Generator, shape: tuple[int, ...], centre: np.ndarray, radius: float, roughness: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """An irregular blob around `centre` (always containing it): a few overlapping jittered ellipsoids
-    with a rough (noise-perturbed) edge."""
-    reach = 2.5 * radius
-    box = tuple(slice(max(0, int(c - reach)), min(n, int(c + reach) + 1)) for c, n in zip(centre, shape))
+    with a rough (noise-perturbed) edge. `radius` is in units of the first axis' voxels; `spacing` is
+    each axis' voxel size in those units (thick slices: a lesion spans fewer of them)."""
+    reach = 2.5 * radius / spacing
+    box = tuple(slice(max(0, int(c - r)), min(n, int(c + r) + 1)) for c, r, n in zip(centre, reach, shape))
     coords = np.meshgrid(*[np.arange(b.start, b.stop, dtype=np.float32) for b in box], indexing="ij")
     blob = np.zeros(shape, dtype=bool)
     blob[tuple(int(c) for c in centre)] = True
     for _ in range(int(rng.integers(2, 5))):
-        offset = rng.normal(0.0, 0.45 * radius, size=len(shape))
-        axes = radius * rng.uniform(0.55, 1.0, size=len(shape))
+        offset = rng.normal(0.0, 0.45 * radius, size=len(shape)) / spacing
+        axes = radius * rng.uniform(0.55, 1.0, size=len(shape)) / spacing
         distance = sum(((c - (centre[i] + offset[i])) / axes[i]) ** 2 for i, c in enumerate(coords))
         blob[box] |= distance + 0.25 * roughness[box] < 1.0
     return blob
@@ -67,15 +68,21 @@ def phantom(
     lesion_radius: tuple[float, float] = (0.06, 0.12),
     lesion_intensity: float = 45.0,
     noise: float = 4.0,
+    spacing: tuple[float, ...] | None = None,
 ) -> Phantom:
     """A brain phantom of `shape` ((x, y) or (x, y, z)) with `num_lesions` (min, max) lesions, at least one.
 
     `lesion_radius` is a fraction of the smallest in-plane size; `lesion_intensity` is in the same
     units as white matter (110): below grey matter for T1-hypointense stroke, above 110 for
-    FLAIR-hyperintense tumours. Deterministic for a given `rng` state.
+    FLAIR-hyperintense tumours. `spacing` gives each axis' voxel size relative to the first (default
+    isotropic): lesions are drawn in physical units, so with 5x thicker slices one spans a fifth as
+    many. Deterministic for a given `rng` state.
     """
     if len(shape) not in (2, 3):
         raise ValueError(f"phantom shape must be 2D or 3D, got {shape}")
+    voxel = np.ones(len(shape), dtype=np.float32) if spacing is None else np.asarray(spacing, dtype=np.float32)
+    if voxel.shape != (len(shape),) or (voxel <= 0).any():
+        raise ValueError(f"phantom spacing {spacing} must give one positive size per axis of {shape}")
     coords = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
     centre = np.array([(n - 1) / 2 for n in shape], dtype=np.float32)
     radii = np.array([0.44 * n for n in shape], dtype=np.float32) * rng.uniform(0.92, 1.0, size=len(shape))
@@ -103,7 +110,7 @@ def phantom(
     size = min(shape[:2])
     for _ in range(int(rng.integers(num_lesions[0], num_lesions[1] + 1))):
         lesion_centre = eligible[rng.integers(len(eligible))].astype(np.float32)
-        blob = _lesion(rng, shape, lesion_centre, rng.uniform(*lesion_radius) * size, texture) & brain
+        blob = _lesion(rng, shape, lesion_centre, rng.uniform(*lesion_radius) * size, texture, voxel) & brain
         mask |= blob
     core = ndimage.gaussian_filter(mask.astype(np.float32), 0.7)
     image = image * (1 - core) + (lesion_intensity + 8.0 * texture) * core

@@ -8,29 +8,26 @@ of that layout. Volumes are written (x, y, z) as int16 T1w + uint8 mask NIfTI fi
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
+import functools
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lesionseg.data.atlas import AtlasLayout
-from lesionseg.data.datamodule import LesionDataModule
 from lesionseg.data.nifti import write_volume
-from lesionseg.data.phantom import phantom
+from lesionseg.synthetic.cache import SyntheticDataModule, generated
+from lesionseg.synthetic.phantom import Phantom, phantom
 
-GENERATOR_VERSION = 2
 SUBJECTS_PER_SITE = 10
 
 
-def _subject_phantom(seed: int, index: int, shape: tuple[int, int, int]):
+def _subject_phantom(seed: int, index: int, shape: Sequence[int]) -> Phantom:
     return phantom(tuple(shape), np.random.default_rng([seed, index]))
 
 
-def write_atlas_r2(root: str | Path, num_training: int, num_testing: int, shape: tuple[int, int, int], seed: int = 0) -> Path:
+def write_atlas_r2(root: str | Path, num_training: int, num_testing: int, shape: Sequence[int], seed: int = 0) -> Path:
     """Write an ATLAS R2.0 tree under `root`: labelled `Training/` subjects, unlabelled `Testing/` ones."""
     root = Path(root)
     for index in range(num_training + num_testing):
@@ -46,7 +43,7 @@ def write_atlas_r2(root: str | Path, num_training: int, num_testing: int, shape:
     return root
 
 
-def write_atlas_r1(root: str | Path, num_subjects: int, shape: tuple[int, int, int], seed: int = 0) -> Path:
+def write_atlas_r1(root: str | Path, num_subjects: int, shape: Sequence[int], seed: int = 0) -> Path:
     """Write an ATLAS R1.2-style tree `<site>/<subject>/t01/` whose label is split over two
     `*LesionSmooth*` files (one lesion voxel set each half), so readers must take their union."""
     root = Path(root)
@@ -63,39 +60,8 @@ def write_atlas_r1(root: str | Path, num_subjects: int, shape: tuple[int, int, i
     return root
 
 
-def synthetic_atlas(parent: str | Path, num_training: int, num_testing: int, shape: tuple[int, int, int], seed: int) -> Path:
-    """The synthetic ATLAS R2.0 root `<parent>/<params-hash>` for these parameters, generated on first use.
-
-    Generation happens in a temporary folder beside the target and is moved into place at once, so
-    concurrent first uses (e.g. DDP ranks) never see a partial tree.
-    """
-    parameters = {
-        "version": GENERATOR_VERSION,
-        "num_training": num_training,
-        "num_testing": num_testing,
-        "shape": list(shape),
-        "seed": seed,
-    }
-    key = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:16]
-    target = Path(parent).expanduser() / key
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
-    try:
-        write_atlas_r2(building, num_training, num_testing, shape, seed)
-        (building / "parameters.json").write_text(json.dumps(parameters, indent=2))
-        os.rename(building, target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return target
-
-
-class SyntheticAtlasDataModule(LesionDataModule):
-    """`LesionDataModule` over a generated ATLAS R2.0 tree in `<root or cache_dir/synthetic>/<params-hash>/`."""
+class SyntheticAtlasDataModule(SyntheticDataModule):
+    """The ATLAS R2.0 tree `write_atlas_r2` generates, in `<root or cache_dir/synthetic>/<params-hash>/`."""
 
     def __init__(
         self,
@@ -103,22 +69,16 @@ class SyntheticAtlasDataModule(LesionDataModule):
         root: str | None = None,
         num_training: int = 24,
         num_testing: int = 4,
-        volume_shape: tuple[int, int, int] = (96, 112, 40),
+        volume_shape: Sequence[int] = (96, 112, 40),
         seed: int = 0,
-        **kwargs,
+        **kwargs: Any,
     ):
         kwargs.setdefault("layout", AtlasLayout())
         kwargs.setdefault("name", "synthetic")
-        super().__init__(root=None, cache_dir=cache_dir, **kwargs)
-        self.parent = root or str(Path(cache_dir).expanduser() / "synthetic")
-        self.generator = {
-            "num_training": num_training,
-            "num_testing": num_testing,
-            "shape": tuple(volume_shape),
-            "seed": seed,
-        }
+        writer = functools.partial(write_atlas_r2, num_training=num_training, num_testing=num_testing, shape=tuple(volume_shape), seed=seed)
+        super().__init__(writer=writer, cache_dir=cache_dir, root=root, **kwargs)
 
-    def cases(self):
-        if self.root is None:
-            self.root = str(synthetic_atlas(self.parent, **self.generator))
-        return super().cases()
+
+def synthetic_atlas(parent: str | Path, num_training: int, num_testing: int, shape: Sequence[int], seed: int) -> Path:
+    """The synthetic ATLAS R2.0 root `<parent>/<params-hash>` for these parameters, generated on first use."""
+    return generated(parent, functools.partial(write_atlas_r2, num_training=num_training, num_testing=num_testing, shape=tuple(shape), seed=seed))

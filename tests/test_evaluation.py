@@ -27,6 +27,8 @@ def test_both_empty_is_a_perfect_score_with_atlas_zero_precision_and_recall() ->
         "iou": 1.0,
         "precision": 0.0,
         "recall": 0.0,
+        "hd95": 0.0,
+        "asd": 0.0,
         "volume_difference": 0.0,
         "lesion_count_difference": 0.0,
         "lesion_f1": 1.0,
@@ -39,6 +41,8 @@ def test_missed_lesion_and_false_alarm_score_zero() -> None:
     missed = subject_metrics(pred=empty, target=lesion)
     false_alarm = subject_metrics(pred=lesion, target=empty)
     for metrics in (missed, false_alarm):
+        # Surface distances to an empty mask are undefined: NaN (the stated policy).
+        assert math.isnan(metrics.pop("hd95")) and math.isnan(metrics.pop("asd"))
         assert metrics == {
             "dice": 0.0,
             "iou": 0.0,

@@ -16,10 +16,11 @@ from PIL import Image
 
 from lesionseg.data.cases import DataError
 from lesionseg.data.colour_masks import LabelColour, extract_colour_mask
-from lesionseg.data.dicom_stroke import DicomStrokeLayout, write_synthetic_dicom_stroke
+from lesionseg.data.dicom_stroke import DicomStrokeLayout
 from lesionseg.data.grid import merge_grid, predict_in_grid, split_grid
 from lesionseg.data.grid_datamodule import GridTileDataset
 from lesionseg.data.slices import SliceDataset
+from lesionseg.synthetic.dicom import write_synthetic_dicom_stroke
 
 SIZE, SLICES, LABELLED, UNLABELLED = 32, 2, 5, 1
 

@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 
 from lesionseg.config import CONF_DIR
-from lesionseg.data.dicom_stroke import write_synthetic_dicom_stroke
 from lesionseg.data.splits import split_subjects
 from lesionseg.factory import build_net
 from lesionseg.losses import Dice, DiceCE, WeightedCE
 from lesionseg.optim import build_optimizer
 from lesionseg.synthetic.atlas import write_atlas_r2
+from lesionseg.synthetic.dicom import write_synthetic_dicom_stroke
 from lesionseg.train import train
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -15,9 +15,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lesionseg.data.dicom_stroke import write_synthetic_dicom_stroke
 from lesionseg.predict import predict
 from lesionseg.synthetic.atlas import write_atlas_r2
+from lesionseg.synthetic.dicom import write_synthetic_dicom_stroke
 from lesionseg.synthetic.folder import write_synthetic_folder
 from lesionseg.synthetic.lgg import write_synthetic_lgg
 from lesionseg.train import train

@@ -30,17 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import cv2
 import numpy as np
-from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
 
 from lesionseg.data.cases import Case, CaseArrays, DataError
 from lesionseg.data.colour_masks import LabelColour, extract_colour_mask
 from lesionseg.data.image_files import read_dicom_header, read_dicom_pixels, read_picture
-from lesionseg.data.nifti import axial_slices
-from lesionseg.data.phantom import phantom
 
 LABEL_SUFFIXES = (".png", ".jpg", ".jpeg")
 LOOKS_FOR = "the dicom_stroke layout (<root>/images/<name>.dcm with colour-drawn labels <root>/labels/<name>.{png,jpg})"
@@ -124,95 +119,12 @@ class DicomStrokeLayout:
         image = np.stack(slices)[:, np.newaxis]
         if not case.labelled:
             return CaseArrays(image=image, mask=None)
-        return CaseArrays(image=image, mask=np.stack([self.label_mask(path, slices[0].shape) for path in case.mask]))
+        mask = np.stack([self.label_mask(path, slices[0].shape) for path in case.mask])
+        if not mask.any():  # a lesion-free slice has an empty label; a series of them hints at the wrong colour
+            where = case.mask[0] if len(case.mask) == 1 else f"{case.mask[0].parent} ({len(case.mask)} labels of {case.subject})"
+            warnings.warn(f"{where}: nothing drawn in {self.label_colour.hue!r}; the mask is empty", stacklevel=2)
+        return CaseArrays(image=image, mask=mask)
 
     def label_mask(self, path: Path, size: tuple[int, int]) -> np.ndarray:
         """The uint8 {0, 1} mask of one label picture on the DICOM grid `size` (H, W)."""
-        mask = extract_colour_mask(read_picture(path, mode="RGB"), size, self.label_colour)
-        if not mask.any():
-            warnings.warn(f"{path}: nothing drawn in {self.label_colour.hue!r}; the mask is empty", stacklevel=2)
-        return mask
-
-
-def _dicom_slice(pixels: np.ndarray, patient: str, series_uid: str, study_uid: str, number: int, uid_seed: str) -> Dataset:
-    """A valid single-frame 16-bit MONOCHROME2 MR Image Storage dataset holding `pixels` (uint16)."""
-    sop_uid = generate_uid(entropy_srcs=[uid_seed, "sop", str(number)])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = MRImageStorage
-    dataset.SOPInstanceUID = sop_uid
-    dataset.PatientID = patient
-    dataset.PatientName = patient
-    dataset.StudyInstanceUID = study_uid
-    dataset.SeriesInstanceUID = series_uid
-    dataset.Modality = "MR"
-    dataset.InstanceNumber = number
-    dataset.ImagePositionPatient = [0.0, 0.0, float(number)]
-    dataset.PixelSpacing = [1.0, 1.0]
-    dataset.SliceThickness = 1.0
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 16
-    dataset.HighBit = 15
-    dataset.PixelRepresentation = 0
-    dataset.RescaleSlope = 1
-    dataset.RescaleIntercept = 0
-    dataset.PixelData = pixels.astype("<u2").tobytes()
-    return dataset
-
-
-def _label_picture(pixels: np.ndarray, mask: np.ndarray, size: int, filled: bool) -> np.ndarray:
-    """What an annotator hands over: the slice as an 8-bit grey RGB picture, lesion drawn in green."""
-    grey = cv2.resize((pixels * (255.0 / max(float(pixels.max()), 1.0))).astype(np.uint8), (size, size))
-    picture = np.repeat(grey[..., np.newaxis], 3, axis=-1)
-    lesion = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(lesion, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(picture, contours, -1, color=(0, 255, 0), thickness=cv2.FILLED if filled else 1)
-    return picture
-
-
-def write_synthetic_dicom_stroke(
-    root: Path,
-    n_subjects: int,
-    seed: int = 0,
-    slices_per_series: int = 2,
-    size: int = 64,
-    label_size: int | None = None,
-    n_unlabelled: int = 0,
-) -> Path:
-    """Write phantom series in the dicom_stroke layout under `root` (returns `root`).
-
-    Each subject is one series (its own PatientID and SeriesInstanceUID) of `slices_per_series`
-    16-bit DICOM slices cut from a 3D phantom with a hypointense stroke. Every slice gets a label
-    copy at `label_size` (default: the DICOM size), alternately JPG with a green outline and PNG
-    with the lesion filled green, as annotators deliver them. `n_unlabelled` more series get no labels.
-    """
-    root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "labels").mkdir(exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for index in range(n_subjects + n_unlabelled):
-        patient = f"STROKE{index:03d}"
-        uid_seed = f"{seed}-{patient}"
-        series_uid = generate_uid(entropy_srcs=[uid_seed, "series"])
-        study_uid = generate_uid(entropy_srcs=[uid_seed, "study"])
-        case = phantom((size, size, slices_per_series), rng, lesion_intensity=40.0)
-        pixels = np.clip(axial_slices(case.image) * 10.0, 0, 65535).astype(np.uint16)
-        masks = axial_slices(case.mask)
-        for number in range(1, slices_per_series + 1):
-            name = f"{patient}_{number:03d}"
-            dataset = _dicom_slice(pixels[number - 1], patient, series_uid, study_uid, number, uid_seed)
-            dataset.save_as(root / "images" / f"{name}.dcm", enforce_file_format=True)
-            if index >= n_subjects:
-                continue
-            filled = index % 2 == 1
-            picture = _label_picture(pixels[number - 1], masks[number - 1], label_size or size, filled)
-            suffix, options = (".png", {}) if filled else (".jpg", {"quality": 95})
-            Image.fromarray(picture).save(root / "labels" / f"{name}{suffix}", **options)
-    return root
+        return extract_colour_mask(read_picture(path, mode="RGB"), size, self.label_colour)

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -91,11 +92,11 @@ def read_run(path: Path) -> dict[str, object]:
         raise SummaryError(f"{path}: a fold, seed, parameter count or metric is not a number ({error})") from error
 
 
-def _number(value: object) -> float:
+def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _integer(value: object) -> int | None:
+def _integer(value: Any) -> int | None:
     return None if value is None else int(value)
 
 

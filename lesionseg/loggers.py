@@ -40,4 +40,5 @@ class AppendingCSVLogger(CSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        assert isinstance(self._experiment, AppendingExperimentWriter)
         return self._experiment

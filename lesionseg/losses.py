@@ -9,13 +9,14 @@ config only states what the paper states.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from torch import nn
 
 
-def activation_options(num_classes: int) -> dict[str, bool]:
+def activation_options(num_classes: int) -> dict[str, Any]:
     """MONAI loss flags for the contract: sigmoid on one lesion channel, else softmax + one-hot targets.
 
     Background is scored only in the binary case, where it is the single channel's complement.

@@ -16,6 +16,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lesionseg.outputs import atomic_write_text
+
 
 def git_commit(folder: Path) -> str | None:
     """The commit of the source tree (with `-dirty` when it has uncommitted changes), if in git."""
@@ -29,9 +31,9 @@ def git_commit(folder: Path) -> str | None:
         return None
 
 
-def plain_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Tensors to floats, keeping only keys that start with `prefix`."""
-    out = {}
+def plain_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
+    """Tensors to floats, keeping only keys that start with `prefix`; NaN and inf become None (JSON null)."""
+    out: dict[str, float | None] = {}
     for key, value in metrics.items():
         if key.startswith(prefix):
             number = float(value.item() if isinstance(value, torch.Tensor) else value)
@@ -45,10 +47,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:
     """Write atomically: a crash never leaves half a summary for `compare` to choke on."""
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(summary, indent=2, default=str))
-    temporary.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(summary, indent=2, default=str))
 
 
 def print_results(summary: dict[str, Any], console: Console | None = None) -> None:

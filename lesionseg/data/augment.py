@@ -6,12 +6,12 @@ this module only adapts the store's channels-first slices to albumentations' cha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 
-def augment_slice(augment: Callable[..., dict], image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+def augment_slice(augment: Any, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Apply `augment` to a (C, H, W) float32 image and its (H, W) mask together.
 
     albumentations' Compose seeds itself from the OS; re-seeding it from NumPy's global generator on

@@ -116,6 +116,8 @@ class LesionDataModule(L.LightningDataModule):
         return [case for case in self.cases() if not case.labelled]
 
     def store(self) -> SliceStore:
+        """The slice store of this dataset (its cases are found first, which checks `data.root`)."""
+        assert self.root is not None and self.name is not None, "cases() refuses a missing data.root before the store opens"
         return SliceStore(self.cache_dir, self.name, self.root, self.layout, self.preprocess, self.strict_masks, self.num_classes)
 
     def prepare_data(self) -> None:
@@ -153,15 +155,17 @@ class LesionDataModule(L.LightningDataModule):
 
     def train_slices(self, cases: Sequence[StoredCase]) -> list[tuple[int, int]]:
         """(case position, slice index) pairs of the configured training slice selection."""
-        items = []
+        items: list[tuple[int, int]] = []
         rng = np.random.default_rng(self.split_seed)
         for position, case in enumerate(cases):
             lesion = list(case.lesion_slices)
+            chosen: Sequence[int]
             if self.slices == "all":
                 chosen = range(case.num_slices)
             elif self.slices == "lesion":
                 chosen = lesion
             else:
+                assert self.lesion_ratio is not None  # checked in __init__: set exactly when slices == "ratio"
                 empty = np.setdiff1d(np.arange(case.num_slices), lesion)
                 count = min(len(empty), int(round(len(lesion) / self.lesion_ratio)))
                 chosen = sorted([*lesion, *rng.choice(empty, size=count, replace=False).tolist()])

@@ -45,6 +45,7 @@ class GridTileDataset(Dataset):
         if self.augment is not None:
             # albumentations warps uint8 masks (OpenCV has no int64 warp), as the slice dataset does.
             augmented_image, augmented_mask = augment_slice(self.augment, image.numpy(), mask.numpy().astype(np.uint8))
+            assert augmented_mask is not None  # a mask went in
             image, mask = torch.from_numpy(augmented_image), torch.from_numpy(augmented_mask.astype(np.int64))
         return {**item, "image": image, "mask": mask}
 

@@ -86,8 +86,10 @@ def load_weights(net: nn.Module, path: Path) -> None:
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     model_overlap = len(state.keys() & net.state_dict().keys())
-    encoder_overlap = len(state.keys() & net.encoder.state_dict().keys())
-    target, name = (net, "model") if model_overlap > encoder_overlap else (net.encoder, "encoder")
+    encoder = net.encoder
+    assert isinstance(encoder, nn.Module)
+    encoder_overlap = len(state.keys() & encoder.state_dict().keys())
+    target, name = (net, "model") if model_overlap > encoder_overlap else (encoder, "encoder")
     try:
         target.load_state_dict(state)
     except RuntimeError:

@@ -63,7 +63,8 @@ def init_token_layers(module: nn.Module) -> None:
     elif isinstance(module, nn.Conv2d):
         fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
         nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class ChannelLayerNorm(nn.LayerNorm):

@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lesionseg.callbacks import ThroughputMonitor, ValidationHistory
+from lesionseg.checkpoints import SafeCheckpointIO, verify_checkpoint
 from lesionseg.config import (
     CONF_DIR,
     UsageError,
@@ -36,6 +37,7 @@ from lesionseg.config import (
 )
 from lesionseg.data.cases import DataError
 from lesionseg.factory import build_module, build_net
+from lesionseg.outputs import atomic_write_text
 from lesionseg.summary import (
     count_parameters,
     git_commit,
@@ -88,13 +90,15 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.get("resume_dir"), output_dir)
+    if ckpt_path is not None:
+        verify_checkpoint(Path(ckpt_path))  # data, never code: refused before anything else runs
     L.seed_everything(cfg.seed, workers=True)
 
     augment = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None
     datamodule = hydra.utils.instantiate(cfg.data, augment=augment)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    (output_dir / "split.json").write_text(json.dumps(datamodule.split, indent=2))
+    atomic_write_text(output_dir / "split.json", json.dumps(datamodule.split, indent=2))
     OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
 
     net = build_net(cfg.model)
@@ -106,12 +110,13 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         cfg.trainer,
         callbacks=[*instantiate_list(cfg.get("callbacks")), ThroughputMonitor(), history],
         logger=build_loggers(cfg) or False,
+        plugins=[SafeCheckpointIO()],  # atomic, hashed checkpoint writes; weights-only, verified reads
     )
     for logger in trainer.loggers:
         logger.log_hyperparams({"params": count_parameters(net), "config": OmegaConf.to_container(cfg, resolve=True)})
 
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_metrics = plain_metrics(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -121,7 +126,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         # Cross-validation without a held-out test set (X-Net's protocol) scores the validation fold.
         test_split = "test" if datamodule.split.get("test") else "val"
         loader = datamodule.test_dataloader() if test_split == "test" else datamodule.val_dataloader()
-        trainer.test(module, dataloaders=loader, ckpt_path=best_path or (ckpt_path if not cfg.train else None))
+        trainer.test(module, dataloaders=loader, ckpt_path=best_path or (ckpt_path if not cfg.train else None), weights_only=True)
         test_metrics = plain_metrics(trainer.callback_metrics, "test/")
 
     progress = training_progress(trainer, checkpoint, history)
@@ -175,7 +180,7 @@ def training_progress(trainer: L.Trainer, checkpoint: Any, history: ValidationHi
     epochs, steps = trainer.current_epoch, trainer.global_step
     last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint is not None and checkpoint.dirpath else None
     if epochs == 0 and last is not None and last.is_file():
-        saved = torch.load(last, map_location="cpu", weights_only=False)
+        saved = verify_checkpoint(last)
         epochs, steps = saved["epoch"] + 1, saved["global_step"]
         if not history.epochs:
             history.load_state_dict(saved.get("callbacks", {}).get(history.state_key, {}))

@@ -94,7 +94,7 @@ class Preprocess:
             (r0, r1), (c0, c1) = self.crop
             cropped_size = (r1 - r0, c1 - c0)
         else:
-            cropped_size = tuple(size)
+            cropped_size = (int(size[0]), int(size[1]))
         if tuple(planes.shape[-2:]) != cropped_size:
             if self.resize_mode == "pad":
                 planes = _pad_or_crop(planes, cropped_size)

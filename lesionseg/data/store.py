@@ -3,8 +3,8 @@
 Entries live in `<cache_dir>/store/<dataset name>/<key>/`, where the key hashes the dataset root,
 the layout and the preprocessing parameters, and each subject's entry records the (path, size,
 mtime) of its source files: changing a preprocessing parameter opens a new folder, changing a source
-file rebuilds that subject only. Every file is written to a temporary name in the same folder and moved into place with
-`os.replace`, the subject's `.json` last, so a reader never sees a half-written entry and two
+file rebuilds that subject only. Every file is written with `lesionseg.outputs.atomic_write` (a temporary name in the same folder,
+moved into place with `os.replace`; mode 0666 minus the umask), the subject's `.json` last, so a reader never sees a half-written entry and two
 processes building the same store at once both end with a valid one.
 """
 
@@ -13,13 +13,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,6 +24,7 @@ from tqdm.auto import tqdm
 from lesionseg.data.cases import Case, DataError, Layout
 from lesionseg.data.preprocess import Preprocess
 from lesionseg.data.validate import checked
+from lesionseg.outputs import atomic_write
 
 STORE_VERSION = 1
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -71,7 +69,7 @@ class StoredCase:
 
 def _layout_parameters(layout: Layout) -> dict:
     """What keys a layout's decoding: its class and, for dataclass layouts, its fields."""
-    fields = dataclasses.asdict(layout) if dataclasses.is_dataclass(layout) else {}
+    fields: dict = dataclasses.asdict(layout) if dataclasses.is_dataclass(layout) and not isinstance(layout, type) else {}
     return {"class": f"{type(layout).__module__}.{type(layout).__qualname__}", **fields}
 
 
@@ -91,18 +89,6 @@ def _file_name(subject: str) -> str:
     """A file-system-safe, collision-free name for a subject id."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", subject)
     return safe if safe == subject else f"{safe}-{hashlib.sha1(subject.encode()).hexdigest()[:8]}"
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through `write(file)` to a temporary file beside `path`, then move it into place."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class SliceStore:
@@ -135,7 +121,7 @@ class SliceStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         parameters_file = self.folder / "parameters.json"
         if not parameters_file.exists():
-            _write_atomic(parameters_file, lambda f: f.write(json.dumps(parameters, indent=2, default=str).encode()))
+            atomic_write(parameters_file, lambda f: f.write(json.dumps(parameters, indent=2, default=str).encode()))
 
     def build(self, cases: Iterable[Case], description: str = "slice store") -> list[StoredCase]:
         """Store entries for `cases` (decoding only those missing or out of date), in the given order."""
@@ -177,9 +163,9 @@ class SliceStore:
             raise DataError(
                 f"{case.image[0]}: preprocessed intensities reach {peak:.3g}, beyond float16; choose a data.preprocess.normalisation other than none"
             )
-        _write_atomic(stem.with_name(stem.name + ".image.npy"), lambda f: np.save(f, image.astype(np.float16)))
+        atomic_write(stem.with_name(stem.name + ".image.npy"), lambda f: np.save(f, image.astype(np.float16)))
         if mask is not None:
-            _write_atomic(stem.with_name(stem.name + ".mask.npy"), lambda f: np.save(f, mask.astype(np.uint8)))
+            atomic_write(stem.with_name(stem.name + ".mask.npy"), lambda f: np.save(f, mask.astype(np.uint8)))
         record = {
             "subject": case.subject,
             "sources": sources,
@@ -188,5 +174,5 @@ class SliceStore:
             "lesion_slices": [] if mask is None else np.flatnonzero(mask.any(axis=(1, 2))).tolist(),
             "mask_problem": mask_problem,
         }
-        _write_atomic(record_path, lambda f: f.write(json.dumps(record).encode()))
+        atomic_write(record_path, lambda f: f.write(json.dumps(record).encode()))
         return record

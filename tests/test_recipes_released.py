@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from functools import partial
+from pathlib import Path
 
+import hydra
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra_helpers import compose_train
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lesionseg.factory import build_net
+from lesionseg.models.unet import UNet, buda_state_dict
+from lesionseg.models.xnet import TRUNCATED_NORMAL_STD, XNet, keras_fans
 from lesionseg.optim import build_optimizer, parameter_kind
 
 
@@ -77,3 +85,133 @@ def test_optimizer_without_param_groups_gets_every_trainable_parameter() -> None
     model.scale.requires_grad_(False)
     optimizer = build_optimizer(partial(torch.optim.SGD, lr=0.1), model)
     assert len(optimizer.param_groups) == 1 and len(optimizer.param_groups[0]["params"]) == 11
+
+
+# ---------------------------------------------------------------- X-Net as the released Keras code builds it
+def recipe(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The resolved run config (Hydra node dropped), so a model node builds on its own."""
+    resolved = OmegaConf.to_container(compose_train([*overrides, "data.root=/data"], output_dir), resolve=True)
+    assert isinstance(resolved, dict)
+    resolved.pop("hydra")
+    return OmegaConf.create(resolved)
+
+
+def test_xnet_conv_kernels_have_keras_he_normal_statistics_and_the_head_glorot_uniform() -> None:
+    torch.manual_seed(0)
+    model = XNet(1, 1, base_channels=16)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m is not model.head]
+    assert len(convs) == 73  # the released model's 73 regularised kernels; the head (74th) is not
+    depthwise = [m for m in convs if m.groups > 1]
+    assert depthwise and keras_fans(depthwise[-1])[0] == 9 * depthwise[-1].in_channels  # Keras counts every channel
+    checked = 0
+    for conv in convs:
+        expected = math.sqrt(2.0 / keras_fans(conv)[0])
+        assert conv.weight.abs().max() <= 2 * expected / TRUNCATED_NORMAL_STD + 1e-6  # truncated at 2 std
+        if conv.weight.numel() >= 4000:
+            assert conv.weight.std().item() == pytest.approx(expected, rel=0.06)
+            checked += 1
+        assert conv.bias is None or not conv.bias.any()
+    assert checked >= 20
+    limit = math.sqrt(6.0 / (16 + 1))
+    assert model.head.weight.abs().max() <= limit and model.head.weight.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.3)
+    assert not model.head.bias.any()
+    torch_default = XNet(1, 1, base_channels=16, init="pytorch")
+    conv = next(m for m in torch_default.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 4000 and m.groups == 1)
+    assert conv.weight.std().item() < 0.7 * math.sqrt(2.0 / keras_fans(conv)[0])  # torch's kaiming_uniform(a=sqrt 5)
+
+
+def test_xnet_recipe_decays_only_the_conv_kernels_with_the_keras_l2_strength(tmp_path: Path) -> None:
+    """One Adam step of the recipe's optimizer on a zero loss equals one on Keras' penalty 1e-5 * sum(w^2)."""
+    cfg = recipe(["experiment=xnet_atlas", "model.base_channels=4"], tmp_path)
+    torch.manual_seed(0)
+    module = nn.ModuleDict({"net": build_net(cfg.model)})  # named as in the LightningModule: net.*
+    optimizer = build_optimizer(hydra.utils.instantiate(cfg.optimizer), module)
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    kernels = [m.weight for name, m in module.named_modules() if isinstance(m, nn.Conv2d) and name != "net.head"]
+    assert len(kernels) == 73
+    assert all(decay[id(p)] == 2e-5 for p in kernels)
+    assert sum(rate > 0 for rate in decay.values()) == 73  # biases, BatchNorm and the head undecayed
+
+    keras = nn.ModuleDict({"net": build_net(cfg.model)})
+    keras.load_state_dict(module.state_dict())
+    keras_optimizer = torch.optim.Adam(keras.parameters(), lr=1e-3, eps=1e-7)
+    keras_kernels = [m.weight for name, m in keras.named_modules() if isinstance(m, nn.Conv2d) and name != "net.head"]
+    for opt, loss in (
+        (optimizer, sum(0.0 * p.sum() for p in module.parameters())),
+        (keras_optimizer, 1e-5 * sum((w**2).sum() for w in keras_kernels) + sum(0.0 * p.sum() for p in keras.parameters())),
+    ):
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for (name, ours), theirs in zip(module.named_parameters(), keras.parameters()):
+        torch.testing.assert_close(ours, theirs, msg=name)
+
+
+# ---------------------------------------------------------------- Buda et al.'s U-Net (brain-segmentation-pytorch)
+def buda_block(in_channels: int, features: int, name: str) -> nn.Sequential:
+    """`UNet._block` of brain-segmentation-pytorch's unet.py, with its layer names."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for index, c_in in ((1, in_channels), (2, features)):
+        layers[f"{name}conv{index}"] = nn.Conv2d(c_in, features, 3, padding=1, bias=False)
+        layers[f"{name}norm{index}"] = nn.BatchNorm2d(features)
+        layers[f"{name}relu{index}"] = nn.ReLU(inplace=True)
+    return nn.Sequential(layers)
+
+
+class BudaUNet(nn.Module):
+    """The released U-Net's modules and forward (its final sigmoid left out: logits, as our contract)."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, features: int = 32) -> None:
+        super().__init__()
+        widths = [features * 2**level for level in range(5)]
+        for level in range(1, 5):
+            self.add_module(f"encoder{level}", buda_block(in_channels if level == 1 else widths[level - 2], widths[level - 1], f"enc{level}"))
+        self.bottleneck = buda_block(widths[3], widths[4], "bottleneck")
+        for level in range(4, 0, -1):
+            self.add_module(f"upconv{level}", nn.ConvTranspose2d(widths[level], widths[level - 1], kernel_size=2, stride=2))
+            self.add_module(f"decoder{level}", buda_block(widths[level - 1] * 2, widths[level - 1], f"dec{level}"))
+        self.conv = nn.Conv2d(features, out_channels, kernel_size=1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for level in range(1, 5):
+            x = getattr(self, f"encoder{level}")(x if level == 1 else self.pool(x))
+            skips.append(x)
+        x = self.bottleneck(self.pool(x))
+        for level in range(4, 0, -1):
+            x = getattr(self, f"decoder{level}")(torch.cat((getattr(self, f"upconv{level}")(x), skips.pop()), dim=1))
+        return self.conv(x)
+
+
+def test_buda_weights_transplanted_into_unet_lgg_give_the_released_models_outputs() -> None:
+    torch.manual_seed(0)
+    buda = BudaUNet(features=4)
+    for norm in buda.modules():  # non-trivial running statistics, so a misplaced BatchNorm shows
+        if isinstance(norm, nn.BatchNorm2d):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    buda.eval()
+    ours = UNet(3, 1, base_channels=4, upsampling="transposed", concat_order="upsampled_first").eval()
+    ours.load_state_dict(buda_state_dict(buda.state_dict()))  # strict: every key maps, none is left over
+    image = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(image), buda(image))
+        skip_first = UNet(3, 1, base_channels=4, upsampling="transposed").eval()
+        skip_first.load_state_dict(buda_state_dict(buda.state_dict()))  # the same shapes load silently ...
+        assert not torch.allclose(skip_first(image), buda(image), atol=1e-3)  # ... into wrong outputs
+
+
+def test_unet_lgg_uses_budas_concat_order_and_his_parameter_count(tmp_path: Path) -> None:
+    cfg = recipe(["experiment=unet_lgg"], tmp_path)
+    with torch.device("meta"):
+        net = build_net(cfg.model)
+        released = BudaUNet()
+    assert net.concat_order == "upsampled_first"
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in released.parameters()) == 7_763_041
+    assert set(buda_state_dict(released.state_dict())) == set(net.state_dict())
+
+
+def test_buda_state_dict_names_a_key_it_does_not_know() -> None:
+    with pytest.raises(ValueError, match="not a key of Buda's U-Net: 'encoder1.extra.weight'"):
+        buda_state_dict({"encoder1.extra.weight": torch.zeros(1)})

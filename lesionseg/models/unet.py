@@ -7,18 +7,23 @@ Segmentation") with BatchNorm, in the two decoder flavours the literature compar
 - `upsampling="transposed"`: 2x2 stride-2 transposed conv halving the channels (the classic
   paper's "up-convolution"): ~31.0M at 64 channels, and at `base_channels=32` with 3 input
   channels exactly the 7,763,041-parameter U-Net of Buda et al. 2019 (brain-segmentation-pytorch).
+  Buda's decoder concatenates `[upsampled, skip]` (`concat_order="upsampled_first"`, set by
+  `experiment=unet_lgg`); `buda_state_dict` renames his released weights' keys to this model's.
 
 Each stage is two 3x3 conv-BN-ReLU; convs followed by BatchNorm carry no bias.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import nn
 
-from lesionseg.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
+from lesionseg.models.base import ConcatOrder, UShapedNet
+from lesionseg.models.blocks import ConvBNReLU
 
 Upsampling = Literal["upsample_conv", "transposed"]
 
@@ -39,7 +44,7 @@ def up_block(in_channels: int, out_channels: int, upsampling: Upsampling) -> nn.
     raise ValueError(f"upsampling must be 'upsample_conv' or 'transposed', got {upsampling!r}")
 
 
-class UNet(nn.Module):
+class UNet(UShapedNet):
     """U-Net: `depth` poolings, channels `base_channels * 2**i`, logits at input resolution.
 
     Args:
@@ -49,6 +54,8 @@ class UNet(nn.Module):
         depth: number of 2x2 max-poolings (4 in the paper); the input is padded to a multiple
             of 2**depth and the output cropped back.
         upsampling: decoder upsampling, see the module docstring.
+        concat_order: channel order of each decoder stage's input, `skip_first` ([skip, upsampled])
+            or `upsampled_first` ([upsampled, skip], as Buda et al.'s released code).
     """
 
     def __init__(
@@ -58,10 +65,14 @@ class UNet(nn.Module):
         base_channels: int = 64,
         depth: int = 4,
         upsampling: Upsampling = "upsample_conv",
+        concat_order: ConcatOrder = "skip_first",
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if concat_order not in ("skip_first", "upsampled_first"):
+            raise ValueError(f"concat_order must be 'skip_first' or 'upsampled_first', got {concat_order!r}")
+        self.concat_order = concat_order
         widths = [base_channels * 2**level for level in range(depth + 1)]
         self.stride = 2**depth
         self.encoder = nn.ModuleList(DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths))
@@ -70,14 +81,31 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x = pad_to_multiple(x, self.stride)
-        skips = []
-        for level, stage in enumerate(self.encoder):
-            x = stage(x if level == 0 else self.pool(x))
-            skips.append(x)
-        skips.pop()  # the bottleneck output is `x` itself
-        for up, stage in zip(self.ups, self.decoder):
-            x = stage(torch.cat([skips.pop(), up(x)], dim=1))
-        return crop_to(self.head(x), size)
+
+BUDA_DEPTH = 4
+
+
+def buda_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Buda et al.'s released U-Net weights (brain-segmentation-pytorch `unet.py`) under this model's keys.
+
+    For `UNet(3, 1, base_channels=32, upsampling="transposed", concat_order="upsampled_first")`:
+    `encoder1.enc1conv1.weight` -> `encoder.0.0.0.weight`, `bottleneck.*` -> `encoder.4.*`,
+    `upconv4.*` -> `ups.0.*`, `decoder4.dec4norm2.*` -> `decoder.0.1.1.*`, `conv.*` -> `head.*`.
+    An unknown key is a ValueError naming it.
+    """
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("conv."):
+            renamed["head." + key.removeprefix("conv.")] = value
+            continue
+        match = re.fullmatch(r"upconv(\d)\.(.+)", key)
+        if match:
+            renamed[f"ups.{BUDA_DEPTH - int(match[1])}.{match[2]}"] = value
+            continue
+        match = re.fullmatch(r"(encoder|decoder|bottleneck)(\d?)\.(?:enc|dec|bottleneck)\d?(conv|norm)([12])\.(.+)", key)
+        if not match:
+            raise ValueError(f"not a key of Buda's U-Net: {key!r}")
+        part, level, layer, index, rest = match.groups()
+        stage = f"encoder.{BUDA_DEPTH}" if part == "bottleneck" else f"encoder.{int(level) - 1}" if part == "encoder" else f"decoder.{BUDA_DEPTH - int(level)}"
+        renamed[f"{stage}.{int(index) - 1}.{0 if layer == 'conv' else 1}.{rest}"] = value
+    return renamed

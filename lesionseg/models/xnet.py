@@ -11,7 +11,12 @@ unpooling. Where the code and the paper's figure differ we follow the code:
   BatchNorm; depthwise convs have none (`use_bias=False` in the code);
 - the FSM first reduces to C/8 channels with a 3x3 conv-BN-ReLU and its theta/phi/g embeddings use
   C/16 channels; its affinity is the dot product divided by the number of positions N (no softmax);
-- BatchNorm uses Keras defaults (epsilon 1e-3, momentum 0.99, i.e. PyTorch momentum 0.01).
+- BatchNorm uses Keras defaults (epsilon 1e-3, momentum 0.99, i.e. PyTorch momentum 0.01);
+- `init="keras"` (default) initialises as Keras 2.2.4 built the released model: every conv kernel
+  He-normal (`kernel_initializer='he_normal'`, and `depthwise_initializer` for the depthwise ones),
+  the output conv Glorot-uniform (Keras' default), every bias zero; `init="pytorch"` keeps torch's
+  defaults. The released code's `l2(1e-5)` on the same 73 kernels (all but the output conv) is a
+  training choice: `experiment=xnet_recipe` sets it as an optimizer parameter group.
 
 With 1 input channel and 1 class this has 15,072,332 trainable parameters, exactly the count of
 the released code (the paper's Table 1 rounds it to 15.1M).
@@ -19,13 +24,19 @@ the released code (the paper's Table 1 rounds it to 15.1M).
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
 from torch import nn
 
-from lesionseg.models.blocks import crop_to, pad_to_multiple
+from lesionseg.models.base import UShapedNet
 
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 0.01  # Keras momentum 0.99 is the weight of the old running value
+TRUNCATED_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2], as Keras divides by it
+
+Init = Literal["keras", "pytorch"]
 
 
 def keras_batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -101,7 +112,36 @@ class FeatureSimilarityModule(nn.Module):
         return self.expand(reduced + self.project(y)) + x
 
 
-class XNet(nn.Module):
+def keras_fans(conv: nn.Conv2d) -> tuple[int, int]:
+    """Keras' fan-in and fan-out of a conv kernel.
+
+    Keras reads a kernel of shape (kh, kw, in, out) as kh*kw*in inputs and kh*kw*out outputs; a
+    DepthwiseConv2D kernel is (kh, kw, channels, multiplier), so its fan-in counts every channel
+    (PyTorch's (channels, 1, kh, kw) layout would count one).
+    """
+    receptive_field = conv.kernel_size[0] * conv.kernel_size[1]
+    if conv.groups > 1 and conv.groups == conv.in_channels:
+        return receptive_field * conv.in_channels, receptive_field * (conv.out_channels // conv.in_channels)
+    return receptive_field * conv.in_channels // conv.groups, receptive_field * conv.out_channels
+
+
+@torch.no_grad()
+def keras_init(convs: list[nn.Conv2d], output: nn.Conv2d) -> None:
+    """He-normal kernels (truncated at 2 std, std sqrt(2 / fan_in) after truncation, as Keras 2.2.4),
+    a Glorot-uniform output kernel, zero biases."""
+    for conv in [*convs, output]:
+        fan_in, fan_out = keras_fans(conv)
+        if conv is output:
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            nn.init.uniform_(conv.weight, -limit, limit)
+        else:
+            std = math.sqrt(2.0 / fan_in) / TRUNCATED_NORMAL_STD
+            nn.init.trunc_normal_(conv.weight, 0.0, std, -2.0 * std, 2.0 * std)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+
+
+class XNet(UShapedNet):
     """X-Net: XBlock encoder (64..1024, 2x2 max-pool), FSM bottleneck, upsample-conv-concat-XBlock decoder.
 
     Args:
@@ -110,10 +150,13 @@ class XNet(nn.Module):
             which we leave to the loss).
         base_channels: width of the first stage; stages double it (64 in the paper).
         depth: number of poolings (4 in the paper); input padded to a multiple of 2**depth.
+        init: `keras` (the released model's initialisation, see the module docstring) or `pytorch`.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, base_channels: int = 64, depth: int = 4) -> None:
+    def __init__(self, in_channels: int, num_classes: int, base_channels: int = 64, depth: int = 4, init: Init = "keras") -> None:
         super().__init__()
+        if init not in ("keras", "pytorch"):
+            raise ValueError(f"init must be 'keras' or 'pytorch', got {init!r}")
         widths = [base_channels * 2**level for level in range(depth + 1)]
         self.stride = 2**depth
         self.encoder = nn.ModuleList(XBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths))
@@ -124,16 +167,8 @@ class XNet(nn.Module):
         )
         self.decoder = nn.ModuleList(XBlock(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)
+        if init == "keras":
+            keras_init([m for m in self.modules() if isinstance(m, nn.Conv2d) and m is not self.head], self.head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x = pad_to_multiple(x, self.stride)
-        skips = []
-        for level, stage in enumerate(self.encoder):
-            x = stage(x if level == 0 else self.pool(x))
-            skips.append(x)
-        skips.pop()
-        x = self.fsm(x)
-        for up, stage in zip(self.ups, self.decoder):
-            x = stage(torch.cat([skips.pop(), up(x)], dim=1))
-        return crop_to(self.head(x), size)
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fsm(x)

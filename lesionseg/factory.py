@@ -66,8 +66,6 @@ def build_module(cfg: DictConfig, output_dir: Path | str | None = None, net: nn.
         num_classes=cfg.data.num_classes,
         cls_loss_weight=cfg.cls_loss_weight,
         cls_pos_weight=cfg.get("cls_pos_weight"),
-        num_overlays=cfg.get("num_overlays", 4),
-        output_dir=str(output_dir) if output_dir else None,
         channels_last=cfg.channels_last,
         inference=InferenceSettings.from_config(cfg),
         run_config=cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)),

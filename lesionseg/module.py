@@ -10,13 +10,11 @@ and reports per-subject 3D metrics averaged over subjects, which are the numbers
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -40,7 +38,6 @@ from lesionseg.inference.cleanup import clean_mask
 from lesionseg.inference.settings import InferenceSettings
 from lesionseg.inference.tta import flip_tta
 from lesionseg.optim import build_optimizer
-from lesionseg.overlays import OverlaySample, log_overlays
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -97,8 +94,6 @@ class SegmentationModule(L.LightningModule):
         num_classes: int = 1,
         cls_loss_weight: float = 1.0,
         cls_pos_weight: float | None = None,
-        num_overlays: int = 4,
-        output_dir: str | None = None,
         channels_last: bool = False,
         inference: InferenceSettings | None = None,
         run_config: dict[str, Any] | None = None,
@@ -113,15 +108,12 @@ class SegmentationModule(L.LightningModule):
         self.cls_loss_weight = cls_loss_weight
         pos_weight = None if cls_pos_weight is None else torch.tensor([cls_pos_weight])
         self.cls_loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-        self.num_overlays = num_overlays
-        self.output_dir = Path(output_dir) if output_dir else None
         self.channels_last = channels_last
         self.run_config = run_config
         self.metrics = nn.ModuleDict({f"{stage}_": slice_metrics(num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")})
         self.test_subjects = SubjectAccumulator()
         self.test_subject_table: pd.DataFrame | None = None
         self.test_subject_summary: dict[str, float] = {}
-        self._overlays: list[OverlaySample] = []
 
     # ---------------------------------------------------------------- forward and prediction
     def forward(self, image: torch.Tensor) -> torch.Tensor | Mapping[str, torch.Tensor]:
@@ -209,9 +201,9 @@ class SegmentationModule(L.LightningModule):
         loss, _, _ = self._shared_step(batch, "train")
         return loss
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         _, prediction, _ = self._shared_step(batch, "val")
-        self._collect_overlays(batch, prediction)
+        return {"prediction": prediction}  # for callbacks (lesionseg.callbacks.ValidationOverlays)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         _, prediction, _ = self._shared_step(batch, "test")
@@ -230,14 +222,6 @@ class SegmentationModule(L.LightningModule):
         return output
 
     # ---------------------------------------------------------------- epoch ends
-    def on_validation_epoch_start(self) -> None:
-        self._overlays = []
-
-    def on_validation_epoch_end(self) -> None:
-        if self._overlays and not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            folder = self.output_dir / "overlays" if self.output_dir else None
-            log_overlays(self._overlays, folder, self.current_epoch, self.loggers)
-
     def on_test_epoch_start(self) -> None:
         self.test_subjects = SubjectAccumulator()
 
@@ -248,29 +232,6 @@ class SegmentationModule(L.LightningModule):
         self.test_subject_summary = summarize_subjects(table)
         for name, value in self.test_subject_summary.items():
             self.log(f"test/subject_{name}", value, rank_zero_only=True)
-        if self.trainer.is_global_zero:
-            if self.output_dir is not None:
-                table.to_csv(self.output_dir / "test_subjects.csv", index=False)
-            for logger in self.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_table("test/subjects", dataframe=table)
-
-    def _collect_overlays(self, batch: Mapping[str, Any], prediction: torch.Tensor) -> None:
-        """Keep the first few validation slices that show a lesion (or a predicted one)."""
-        if len(self._overlays) >= self.num_overlays:
-            return
-        visible = ((batch["mask"] > 0) | (prediction > 0)).flatten(1).any(dim=1)
-        for index in torch.nonzero(visible).flatten().tolist():
-            if len(self._overlays) >= self.num_overlays:
-                break
-            self._overlays.append(
-                OverlaySample(
-                    image=batch["image"][index].detach().float().cpu().numpy(),
-                    target=batch["mask"][index].cpu().numpy(),
-                    prediction=prediction[index].cpu().numpy(),
-                    caption=f"{batch['subject'][index]} slice {int(batch['slice_index'][index])}",
-                )
-            )
 
     def cleaned_subjects(self, subjects: SubjectAccumulator) -> SubjectAccumulator:
         """The subjects' masks after `inference` clean-up, applied to each reassembled volume (binary masks)."""

@@ -8,6 +8,9 @@ whichever release `data.root` holds:
   `*_label-L_desc-T1lesion_mask.nii.gz` beside it; `Testing/` subjects have no mask (prediction only).
 - R1.x: `<site>/<subject>/[t01/]*_t1w[_deface]_stx.nii.gz`; the label is the union of every
   `*LesionSmooth*` file beside it.
+
+Folder debris is ignored in both (macOS `._*` AppleDouble files, `__MACOSX/`, hidden files); a file
+or folder name that is not valid UTF-8 is a one-line error (`validate.check_name`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from lesionseg.data.cases import Case, CaseArrays, DataError
 from lesionseg.data.nifti import axial_slices, read_volume
-from lesionseg.data.validate import missing_mask
+from lesionseg.data.validate import check_name, ignored, missing_mask
 
 R2_IMAGE_SUFFIX = "_T1w.nii.gz"
 R2_MASK_SUFFIX = "_label-L_desc-T1lesion_mask.nii.gz"
@@ -41,7 +44,7 @@ def find_r2(root: Path) -> list[Case]:
     found: list[tuple[str, str, Path, bool]] = []
     for folder, labelled in _r2_folders(root):
         if folder.is_dir():
-            for image in sorted(folder.glob(R2_SUBJECT_GLOB)):
+            for image in sorted(check_name(path) for path in folder.glob(R2_SUBJECT_GLOB) if not ignored(path, folder)):
                 subject, session = image.parents[2].name, image.parents[1].name
                 found.append((subject, session, image, labelled))
     sessions = Counter(subject for subject, _, _, _ in found)
@@ -60,12 +63,12 @@ def find_r2(root: Path) -> list[Case]:
 
 def find_r1(root: Path) -> list[Case]:
     """ATLAS R1.1/R1.2 cases under `root` (all labelled); [] when none."""
-    images = sorted({path for pattern in R1_IMAGE_GLOBS for path in root.glob(pattern)})
+    images = sorted({check_name(path) for pattern in R1_IMAGE_GLOBS for path in root.glob(pattern) if not ignored(path, root)})
     subject_folders = [image.parent if image.parent.parent.parent == root else image.parent.parent for image in images]
     sessions = Counter(subject_folders)
     cases = []
     for image, subject_folder in zip(images, subject_folders):
-        masks = tuple(sorted(image.parent.glob(R1_MASK_GLOB)))
+        masks = tuple(sorted(check_name(path) for path in image.parent.glob(R1_MASK_GLOB) if not ignored(path)))
         if not masks:
             raise missing_mask(image, f"{R1_MASK_GLOB} beside it")
         subject_id = f"{subject_folder.parent.name}_{subject_folder.name}"

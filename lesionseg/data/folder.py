@@ -7,8 +7,10 @@ On disk::
         masks/<stem>.png|.jpg|.jpeg|.tif|.tiff|.nii.gz|.nii    (any of these, {0,1} or {0,255})
 
 Each stem is one subject: a 2D picture is a one-slice subject, a NIfTI may be a whole volume (cut
-into axial slices as for ATLAS). Image and mask formats may differ (`images/a.png` with
-`masks/a.nii.gz`). Every image needs a mask and every mask an image; hidden files are ignored.
+into axial slices as for ATLAS). Image and mask formats may differ (`images/a.tif` with
+`masks/a.png`); a 2D picture paired with a NIfTI is refused when its slice is square (which axis is
+rows cannot be known: `check_orientation`). A JPEG mask is binarised at >= 128 (`validate.py`).
+Every image needs a mask and every mask an image; hidden files and macOS debris are ignored.
 Pictures are converted to `channels` (greyscale is repeated to RGB, RGB averaged to luma, alpha
 dropped) so a dataset mixing greyscale and RGB exports still gives one input shape.
 """
@@ -24,7 +26,7 @@ import numpy as np
 from lesionseg.data.cases import Case, CaseArrays, DataError
 from lesionseg.data.image_files import read_picture, read_tiff
 from lesionseg.data.nifti import axial_slices, read_volume
-from lesionseg.data.validate import missing_mask
+from lesionseg.data.validate import check_name, ignored, is_lossy, lossy_mask, missing_mask
 
 SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -46,9 +48,9 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
     """Supported files of `folder` keyed by stem; two files sharing a stem is an error."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if ignored(path) or not path.is_file():
             continue
-        stem, _ = split_suffix(path)
+        stem, _ = split_suffix(check_name(path))
         if stem in found:
             raise DataError(f"{path}: same stem as {found[stem].name}; keep one file per subject")
         found[stem] = path
@@ -95,6 +97,27 @@ def to_label_planes(planes: np.ndarray, path: Path) -> np.ndarray:
     return planes[..., 0]
 
 
+def check_orientation(image_path: Path, image: np.ndarray, mask_path: Path, mask: np.ndarray) -> None:
+    """DataError when a 2D picture is paired with a NIfTI and their row/column order cannot be known.
+
+    A NIfTI's first axis is x (columns, as ITK and every NIfTI tool write a converted picture), but
+    a NIfTI made from a picture's array by `nibabel.Nifti1Image(array)` has rows first: for a square
+    slice both read without error and one is transposed. Such a pair is refused; a non-square pair
+    whose shapes are swapped is named as transposed. Save the mask in the picture's format instead.
+    """
+    is_nifti = [split_suffix(path)[1] in NIFTI_SUFFIXES for path in (image_path, mask_path)]
+    if is_nifti[0] == is_nifti[1]:
+        return
+    height, width = image.shape[1:3]
+    if len(mask) == 1 and mask.shape[1:3] == (width, height) and height != width:
+        raise DataError(f"{mask_path}: mask is the transpose of {image_path.name} ({mask.shape[1:3]} vs {(height, width)}); save it in the image's format")
+    if len(image) == 1 and height == width:
+        raise DataError(
+            f"{mask_path}: a NIfTI paired with a square 2D picture ({image_path.name if is_nifti[1] else mask_path.name}) has an ambiguous row/column order; "
+            "save image and mask in the same family (both pictures or both NIfTI)"
+        )
+
+
 @dataclass(frozen=True)
 class FolderLayout:
     """`images/` and `masks/` with matching stems: one subject per stem, images as `channels` channels."""
@@ -132,8 +155,9 @@ class FolderLayout:
         (image_path,), (mask_path,) = case.image, case.mask
         image_planes, affine = read_planes(image_path)
         mask_planes, _ = read_planes(mask_path)
+        check_orientation(image_path, image_planes, mask_path, mask_planes)
         return CaseArrays(
             image=to_channels(image_planes, self.channels, image_path),
-            mask=to_label_planes(mask_planes, mask_path),
+            mask=lossy_mask(mask_path, to_label_planes(mask_planes, mask_path)) if is_lossy(mask_path) else to_label_planes(mask_planes, mask_path),
             affine=affine,
         )

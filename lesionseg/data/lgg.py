@@ -22,7 +22,7 @@ import numpy as np
 
 from lesionseg.data.cases import Case, CaseArrays, DataError
 from lesionseg.data.image_files import read_tiff
-from lesionseg.data.validate import missing_mask
+from lesionseg.data.validate import check_name, ignored, missing_mask
 
 SLICE_NAME = re.compile(r"^(?P<prefix>.+)_(?P<number>\d+)\.tif$")
 MASK_SUFFIX = "_mask"
@@ -49,7 +49,7 @@ class LggLayout:
         folder = self.dataset_folder(root)
         if not folder.is_dir():
             raise DataError(f"{root}: not a folder; looked for {LOOKS_FOR}")
-        patients = (self._patient(path) for path in sorted(folder.iterdir()) if path.is_dir())
+        patients = (self._patient(check_name(path)) for path in sorted(folder.iterdir()) if path.is_dir() and not ignored(path))
         cases = [case for case in patients if case is not None]
         if not cases:
             raise DataError(f"{root}: no LGG patients found; looked for {LOOKS_FOR}")
@@ -59,7 +59,7 @@ class LggLayout:
     def _patient(patient: Path) -> Case | None:
         """The patient's case (slices in numeric order), or None for a folder without TIFFs."""
         numbered: list[tuple[int, Path, Path]] = []
-        for path in patient.glob("*.tif"):
+        for path in (check_name(path) for path in patient.glob("*.tif") if not ignored(path)):
             if path.stem.endswith(MASK_SUFFIX):
                 if not path.with_name(path.stem.removesuffix(MASK_SUFFIX) + ".tif").is_file():
                     raise DataError(f"{path}: mask has no image")
@@ -81,7 +81,8 @@ class LggLayout:
         )
 
     def load(self, case: Case) -> CaseArrays:
-        images, masks = [], []
+        images: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
         for image_path, mask_path in zip(case.image, case.mask, strict=True):
             image = read_tiff(image_path)
             if image.ndim != 3 or image.shape[2] != 3:

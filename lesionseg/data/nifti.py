@@ -6,6 +6,8 @@ W = x columns, so an ATLAS slice is 233x197 as in X-Net (Qi et al., MICCAI 2019)
 
 from __future__ import annotations
 
+import gzip
+import io
 import zlib
 from pathlib import Path
 
@@ -13,6 +15,13 @@ import nibabel as nib
 import numpy as np
 
 from lesionseg.data.cases import DataError
+from lesionseg.data.validate import check_dtype, check_voxel_count
+
+HEADER_SIZES = {348: nib.Nifti1Image, 540: nib.Nifti2Image}
+# Bytes a file may hold beyond its header's voxels (NIfTI extensions sit before the voxels; a little
+# padding after them is common); more is refused as a decompression bomb or a mislabelled file.
+TRAILING_SLACK = 1 << 20
+CHUNK = 1 << 22
 
 
 def one_line(exc: BaseException) -> str:
@@ -21,13 +30,91 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a 3D NIfTI file into (x, y, z) float32 voxels and its affine; DataError if unreadable."""
+def _header(path: Path, start: bytes) -> nib.Nifti1Header:
+    """The header of a NIfTI-1/2 stream from its first bytes, checked before any voxel is read.
+
+    nibabel silently repairs a zeroed `sizeof_hdr`; here it must be 348 or 540 (either byte order).
+    """
+    if len(start) < 4:
+        raise DataError(f"{path}: unreadable NIfTI (file holds {len(start)} bytes, no header)")
+    size = next((value for order in "<>" if (value := int(np.frombuffer(start[:4], f"{order}i4")[0])) in HEADER_SIZES), None)
+    if size is None:
+        raise DataError(f"{path}: implausible NIfTI header (sizeof_hdr={int(np.frombuffer(start[:4], '<i4')[0])}, expected 348 or 540)")
+    if len(start) < size:
+        raise DataError(f"{path}: truncated NIfTI header ({len(start)} of {size} bytes)")
+    header_class = HEADER_SIZES[size].header_class
     try:
-        image = nib.load(str(path))
-        voxels = np.asarray(image.dataobj, dtype=np.float32)
-    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        header = header_class.from_fileobj(io.BytesIO(start[:size]), check=False)
+        dtype = header.get_data_dtype()
+    except Exception as exc:  # nibabel raises HeaderDataError for unknown datatype codes
+        code = int(np.frombuffer(start[70:72], "<i2")[0]) if size == 348 else int(np.frombuffer(start[12:14], "<i2")[0])
+        raise DataError(f"{path}: unsupported NIfTI datatype code {code} ({one_line(exc)}); supported: integers, float32, float64") from exc
+    check_dtype(path, dtype, header.get_value_label("datatype"))
+    check_voxel_count(path, header.get_data_shape())
+    return header
+
+
+def _declared_bytes(header: nib.Nifti1Header) -> int:
+    return int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole NIfTI stream of `path`, verified: header plausible, length as declared, gzip CRC and size.
+
+    A `.gz` file is decompressed to its end through Python's gzip reader, which checks the CRC-32 and
+    the stored length; nibabel alone stops reading after the voxels and never looks at either.
+    """
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(2)
+            file.seek(0)
+            stream = gzip.GzipFile(fileobj=file) if magic == b"\x1f\x8b" else file
+            start = stream.read(540)
+            header = _header(path, start)
+            declared = _declared_bytes(header)
+            chunks = [start]
+            total = len(start)
+            while chunk := stream.read(CHUNK):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > declared + TRAILING_SLACK:
+                    raise DataError(f"{path}: NIfTI holds more than its header declares ({declared} bytes): refused as damaged or a decompression bomb")
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError) as exc:  # BadGzipFile (CRC, length) is an OSError
         raise DataError(f"{path}: unreadable NIfTI ({one_line(exc)})") from exc
+    if total < declared:
+        raise DataError(f"{path}: truncated NIfTI: {total} bytes, its header declares {declared}")
+    return b"".join(chunks)
+
+
+def read_image(path: Path) -> nib.Nifti1Image:
+    """The verified NIfTI image of `path` (header and voxels in memory); DataError naming the file otherwise."""
+    raw = read_bytes(path)
+    size = int(np.frombuffer(raw[:4], "<i4")[0])
+    image_class = HEADER_SIZES.get(size) or HEADER_SIZES[int(np.frombuffer(raw[:4], ">i4")[0])]
+    try:
+        return image_class.from_bytes(raw)
+    except Exception as exc:  # nibabel raises many types on inconsistent headers
+        raise DataError(f"{path}: unreadable NIfTI ({one_line(exc)})") from exc
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a 3D NIfTI file into (x, y, z) float32 voxels and its affine; DataError if unreadable.
+
+    The file is verified first (`read_bytes`); values beyond float32 after the header's scaling are
+    refused (they would become infinities).
+    """
+    image = read_image(path)
+    try:
+        data = np.asarray(image.dataobj)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(f"{path}: unreadable NIfTI ({one_line(exc)})") from exc
+    if data.dtype.kind == "f" and data.dtype.itemsize > 4:
+        finite = data[np.isfinite(data)]
+        if finite.size and float(np.abs(finite).max()) > float(np.finfo(np.float32).max):
+            raise DataError(f"{path}: voxel values reach {float(np.abs(finite).max()):.3g}, beyond float32")
+    voxels = data.astype(np.float32, copy=False)
     if voxels.ndim == 4 and voxels.shape[3] == 1:
         voxels = voxels[..., 0]
     if voxels.ndim != 3:

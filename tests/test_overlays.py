@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
@@ -105,3 +106,51 @@ def test_no_overlays_when_none_are_asked_for(tmp_path: Path) -> None:
     callback.on_validation_batch_end(trainer, None, outputs, data, 0)  # type: ignore[arg-type]
     callback.on_validation_epoch_end(trainer, None)  # type: ignore[arg-type]
     assert not (tmp_path / "overlays").exists()
+
+
+class BinaryCrossEntropy(torch.nn.Module):
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], mask.float())
+
+
+def slices(subjects: int = 2, depth: int = 3) -> list[dict]:
+    """Items as the data modules give them: one slice each, a square lesion on the middle slice."""
+    items = []
+    for subject in range(subjects):
+        for index in range(depth):
+            mask = torch.zeros(24, 24, dtype=torch.long)
+            if index == depth // 2:
+                mask[8:14, 6:12] = 1
+            items.append({"image": torch.rand(1, 24, 24) + mask, "mask": mask, "subject": f"sub-{subject}", "slice_index": index})
+    return items
+
+
+def test_callbacks_with_the_real_module_write_overlays_and_the_test_table(tmp_path: Path) -> None:
+    """A one-epoch Lightning run: the module's validation_step feeds the overlays, its test stage the table."""
+    from functools import partial
+
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lesionseg.module import SegmentationModule
+
+    module = SegmentationModule(net=torch.nn.Conv2d(1, 1, 3, padding=1), loss=BinaryCrossEntropy(), optimizer=partial(torch.optim.SGD, lr=0.1))
+    loader = DataLoader(slices(), batch_size=2)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+        callbacks=[ValidationOverlays(num_overlays=2, dirpath=tmp_path / "overlays"), TestSubjectTable()],
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    trainer.test(module, dataloaders=loader)
+    with Image.open(tmp_path / "overlays" / "epoch_000.png") as picture:
+        assert picture.size == figure_pixels(rows=2)
+    table = pd.read_csv(tmp_path / "test_subjects.csv")
+    assert list(table["subject"]) == ["sub-0", "sub-1"]
+    assert table["dice"].tolist() == pytest.approx(module.test_subject_table["dice"].tolist())

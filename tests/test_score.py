@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -166,3 +167,21 @@ def test_cli_mismatched_pair_is_one_line_naming_both_files(tmp_path: Path, monke
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "a_mask.nii.gz and " in lines[0] and "a.nii.gz: affines differ" in lines[0]
     assert not (tmp_path / "pred" / "score").exists()  # nothing written for a failed run
+
+
+@pytest.mark.slow
+def test_score_on_predicts_masks_reproduces_the_test_stage_for_every_metric(tiny_run: dict, tmp_path: Path) -> None:
+    """`predict` writes masks, `score` reads them back: the test stage's per-subject numbers, to 1e-9."""
+    from lesionseg.predict import predict
+
+    masks = tmp_path / "masks"
+    predict([f"ckpt_path={tiny_run['best_checkpoint']}", "cases=all", f"output_dir={masks}"])
+    sources = pd.read_csv(masks / "predictions.csv")["source"]
+    label_dir = Path(os.path.commonpath(list(sources)))  # the synthetic ATLAS root: images and BIDS-named labels
+    table, _ = score_folders(masks, label_dir, "atlas", tmp_path / "scores")
+    scored = table.set_index("subject")
+    staged = pd.read_csv(Path(tiny_run["run_dir"]) / "test_subjects.csv")
+    assert len(staged) >= 2
+    for row in staged.itertuples():
+        for name in METRIC_NAMES:
+            assert scored.loc[row.subject, name] == pytest.approx(getattr(row, name), abs=1e-9, nan_ok=True), (row.subject, name)

@@ -166,7 +166,9 @@ class SegmentationModule(L.LightningModule):
             output = self(image) if stage == "train" else self.whole_slice_output(image)
             seg_logits, cls_logits = split_output(output)
             deep = output.get("deep_supervision") if isinstance(output, Mapping) else None
-            loss = self.deep_supervision_loss(seg_logits, deep, mask) if deep is not None else self.loss(seg_logits, mask)
+            # A set-prediction loss (lesionseg.mask_set_loss) reads the model's whole training output, not only `seg`.
+            loss_input = output if getattr(self.loss, "consumes_model_output", False) else seg_logits
+            loss = self.deep_supervision_loss(seg_logits, deep, mask) if deep is not None else self.loss(loss_input, mask)
         if cls_logits is not None:
             has_lesion = (mask > 0).flatten(1).any(dim=1, keepdim=True).to(cls_logits.dtype)
             cls_loss = self.cls_loss(cls_logits.float(), has_lesion.float())

@@ -18,7 +18,7 @@ import pytest
 import torch
 from hydra_helpers import compose_train
 from omegaconf import DictConfig, OmegaConf
-from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
+from torch.optim.lr_scheduler import CosineAnnealingLR, PolynomialLR, ReduceLROnPlateau
 
 from lesionseg.config import CONF_DIR
 from lesionseg.data.splits import split_subjects
@@ -112,6 +112,18 @@ CONTRACT: dict[str, dict[str, Any]] = {
             ("Affine", {"p": 1.0, "scale": {"x": (0.95, 1.05), "y": (0.95, 1.05)}, "keep_ratio": True, "rotate": (-15.0, 15.0)}),
             ("HorizontalFlip", {"p": 0.5}),
         ],
+    },
+    "maskdino_lgg": {
+        "config": {
+            "model._target_": "lesionseg.models.maskdino.MaskDINO",
+            "loss._target_": "lesionseg.mask_set_loss.MaskSetLoss",
+            "data.name": "lgg",
+            "data.batch_size": 16,
+            "trainer.max_epochs": 50,
+            "trainer.gradient_clip_val": 0.01,
+        },
+        "optimizer": (torch.optim.AdamW, {"lr": 1e-4, "weight_decay": 0.05}),
+        "scheduler": (PolynomialLR, {"power": 0.9, "total_iters": 50}),
     },
     "stroke_fewshot": {
         "config": {

@@ -22,6 +22,7 @@ EXPORTS = {
     "SegmentationClassifier": "segclassifier",
     "SMPModel": "generic",
     "NNUNet2D": "generic",
+    "MaskDINO": "maskdino",
 }
 __all__ = list(EXPORTS)
 

@@ -8,12 +8,12 @@ device (shapes only, no memory, no compute), so the table is quick even for 50M-
 
 from __future__ import annotations
 
-import hydra
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from lesionseg.bench.models import model_configs, multiply_accumulates, trainable_parameters
+from lesionseg.factory import build_net
 from lesionseg.models.catalog import CATALOG, PaperFigure
 
 
@@ -33,7 +33,7 @@ def model_table() -> Table:
     table.add_column("source")
     for entry, model_config in model_configs(CATALOG):
         with torch.device("meta"):
-            model = hydra.utils.instantiate(model_config)
+            model = build_net(model_config)  # without metadata keys such as explain_layer
             macs = multiply_accumulates(model, entry.in_channels, entry.input_size)
         parameters = trainable_parameters(model)
         height, width = entry.input_size

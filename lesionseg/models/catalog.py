@@ -22,6 +22,7 @@ class PaperFigure:
     num_classes: int = 1
     input_size: tuple[int, int] = (224, 192)
     overrides: tuple[str, ...] = ()
+    loss: str | None = None  # the `conf/loss` config a model trains with when it is not a plain logits loss
 
 
 CATALOG: tuple[PaperFigure, ...] = (
@@ -39,4 +40,6 @@ CATALOG: tuple[PaperFigure, ...] = (
     PaperFigure("segclassifier", "dilated U-Net + lesion classifier, few-label stroke study (seed 003)", None, 0.0),
     PaperFigure("smp", "segmentation_models_pytorch (any arch/encoder)", None, 0.0),
     PaperFigure("dynunet", "MONAI DynUNet as nnU-Net 2D, Isensee et al. 2021", None, 0.0),
+    # 13,697,907 parameters, 2.62 GMACs at 224x192 (the paper: ResNet-50 or Swin-L, 256 wide, 6 + 9 layers).
+    PaperFigure("maskdino", "Mask DINO, Li et al. CVPR 2023 (small: ResNet-18, 128 wide, 3 + 6 layers)", None, 0.0, loss="mask_set"),
 )

@@ -21,7 +21,8 @@ import lightning as L
 from lesionseg.checkpoints import load_checkpoint, merged_config, new_output_dir, parse_key_values, restore_module
 from lesionseg.config import UsageError, exit_on_usage_error, register_resolvers
 from lesionseg.data.cases import DataError
-from lesionseg.summary import count_parameters, print_results, write_summary
+from lesionseg.models.measure import count_parameters
+from lesionseg.summary import print_results, write_summary
 
 SPLITS = ("test", "val")
 

@@ -41,10 +41,6 @@ def plain_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float 
     return out
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
-
-
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:
     """Write atomically: a crash never leaves half a summary for `compare` to choke on."""
     return atomic_write_text(path, json.dumps(summary, indent=2, default=str))

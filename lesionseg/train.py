@@ -37,9 +37,9 @@ from lesionseg.config import (
 )
 from lesionseg.data.cases import DataError
 from lesionseg.factory import build_module, build_net
+from lesionseg.models.measure import count_parameters
 from lesionseg.outputs import atomic_write_text
 from lesionseg.summary import (
-    count_parameters,
     git_commit,
     plain_metrics,
     print_results,

@@ -19,6 +19,7 @@ from torch import nn
 
 from lesionseg.factory import build_net
 from lesionseg.models.catalog import CATALOG, PaperFigure
+from lesionseg.models.measure import count_parameters
 
 OUTPUT_SIZES = [(224, 192), (233, 197), (256, 256)]
 TRAIN_SIZE = (64, 64)  # the smallest size every catalog model downsamples without degenerate maps
@@ -50,13 +51,9 @@ def split_output(output: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torch.
     return output, None
 
 
-def trainable_parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 @pytest.mark.parametrize("entry", [e for e in CATALOG if e.target_params is not None], ids=lambda e: e.config)
 def test_parameter_count_matches_paper(entry: PaperFigure) -> None:
-    count = trainable_parameter_count(build_model(entry))
+    count = count_parameters(build_model(entry))
     if entry.tolerance == 0:
         assert count == entry.target_params
     else:

@@ -21,6 +21,7 @@ from lesionseg.models.__main__ import model_table
 from lesionseg.models.catalog import CATALOG
 from lesionseg.models.generic import NNUNet2D, SMPModel, nnunet_2d_plan
 from lesionseg.models.lraspp import LRASPPMobileNetV3
+from lesionseg.models.measure import count_parameters
 from lesionseg.models.unext import shift_channel_groups
 
 ODD_SIZE = (61, 45)
@@ -31,10 +32,6 @@ def build(config: str, *overrides: str, in_channels: int = 1, num_classes: int =
     cfg = compose_train([f"model={config}", f"data.in_channels={in_channels}", f"data.num_classes={num_classes}", *overrides])
     torch.manual_seed(0)
     return instantiate(cfg.model)
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # --- UNeXt -------------------------------------------------------------------------------------
@@ -61,7 +58,7 @@ def test_unext_shift_moves_each_channel_group_with_zero_fill() -> None:
 
 def test_unext_s_config_is_the_small_released_network() -> None:
     model = build("unext_s", in_channels=3)
-    assert parameter_count(model) == 253_561
+    assert count_parameters(model) == 253_561
     assert [stage[0].out_channels for stage in model.encoder] == [8, 16, 32, 64]
     assert model.bottleneck[0].out_channels == 128
 
@@ -72,7 +69,7 @@ def test_unext_s_config_is_the_small_released_network() -> None:
 @pytest.mark.parametrize(("config", "count"), [("lraspp_mnv3", 310_106), ("lraspp_mnv3_skip", 312_698)])
 def test_lraspp_chosen_configurations(config: str, count: int) -> None:
     model = build(config, in_channels=3)
-    assert parameter_count(model) == count
+    assert count_parameters(model) == count
     assert model.head.cbr[0].out_channels == 72
     assert model.features[-1].out_channels == 240  # MobileNetV3-Small x0.75, reduced tail
 
@@ -81,7 +78,7 @@ def test_lraspp_large_configuration_equals_torchvision_lraspp() -> None:
     ours = LRASPPMobileNetV3(3, 1, variant="large", width_mult=1.0, reduced_tail=False, inter_channels=128)
     segmentation = torchvision.models.segmentation
     reference = segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=1)
-    assert parameter_count(ours) == parameter_count(reference) == 3_218_138
+    assert count_parameters(ours) == count_parameters(reference) == 3_218_138
 
 
 def test_lraspp_extra_skips_read_the_stride_4_and_stride_2_stages() -> None:
@@ -136,7 +133,7 @@ def test_smp_architecture_and_encoder_are_chosen_by_override() -> None:
     model = build("smp", "model.arch=UnetPlusPlus", "model.encoder_name=resnet18")
     assert isinstance(model.net, smp.UnetPlusPlus)
     reference = smp.UnetPlusPlus(encoder_name="resnet18", encoder_weights=None, in_channels=1, classes=1)
-    assert parameter_count(model) == parameter_count(reference)
+    assert count_parameters(model) == count_parameters(reference)
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 1, *ODD_SIZE)).shape == (1, 1, *ODD_SIZE)  # padded to 32 inside
 

@@ -12,23 +12,20 @@ from torchvision.models import densenet161, vgg16_bn
 
 from lesionseg.models.blocks import crop_to, pad_to_multiple
 from lesionseg.models.dense_unet import DenseUNet
+from lesionseg.models.measure import count_parameters
 from lesionseg.models.resunet import ResidualUnit, ResUNet
 from lesionseg.models.segnet import SegNet
 from lesionseg.models.unet import UNet
 from lesionseg.models.xnet import FeatureSimilarityModule, XNet
 
 
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 def conv_weight_shapes(module: nn.Module) -> list[tuple[int, ...]]:
     return [tuple(m.weight.shape) for m in module.modules() if isinstance(m, nn.Conv2d)]
 
 
-def test_xnet_has_exactly_the_released_codes_parameter_count() -> None:
+def test_xnet_has_exactly_the_released_codes_count_parameters() -> None:
     with torch.device("meta"):
-        assert parameter_count(XNet(in_channels=1, num_classes=1)) == 15_072_332
+        assert count_parameters(XNet(in_channels=1, num_classes=1)) == 15_072_332
 
 
 def test_xnet_batch_norms_use_keras_defaults() -> None:
@@ -54,8 +51,8 @@ def test_unet_variants_reproduce_published_counts() -> None:
     with torch.device("meta"):
         classic = UNet(1, 1, upsampling="transposed")
         buda = UNet(3, 1, base_channels=32, upsampling="transposed")  # brain-segmentation-pytorch unet.py
-    assert abs(parameter_count(classic) - 31_000_000) / 31_000_000 < 0.005
-    assert parameter_count(buda) == 7_763_041
+    assert abs(count_parameters(classic) - 31_000_000) / 31_000_000 < 0.005
+    assert count_parameters(buda) == 7_763_041
 
 
 def test_unet_rejects_an_unknown_upsampling() -> None:
@@ -80,9 +77,9 @@ def test_segnet_encoder_has_vgg16_bn_convolutions_and_decoder_mirrors_them() -> 
 
 def test_dense_unet_encoder_is_densenet161_with_the_codes_feature_taps() -> None:
     with torch.device("meta"):
-        encoder_parameters = parameter_count(densenet161(weights=None).features)
+        encoder_parameters = count_parameters(densenet161(weights=None).features)
         dense_unet = DenseUNet(3, 1)
-    ours = sum(parameter_count(getattr(dense_unet, name)) for name in ("stem", "block1", "block2", "block3", "block4"))
+    ours = sum(count_parameters(getattr(dense_unet, name)) for name in ("stem", "block1", "block2", "block3", "block4"))
     assert ours == encoder_parameters
 
     model = DenseUNet(1, 1).eval()
@@ -100,7 +97,7 @@ def test_resunet_table1_convolutions_hold_the_papers_7_8m() -> None:
     with torch.device("meta"):
         model = ResUNet(3, 1)
     shortcuts = sum(p.numel() for name, p in model.named_parameters() if ".shortcut." in name)
-    without_shortcuts = parameter_count(model) - shortcuts
+    without_shortcuts = count_parameters(model) - shortcuts
     assert without_shortcuts == 7_789_313
     assert abs(without_shortcuts - 7_800_000) / 7_800_000 < 0.002
     assert shortcuts == 434_496

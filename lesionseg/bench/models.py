@@ -1,64 +1,32 @@
 """Measure the catalog's models: build each from its Hydra config, count parameters and MACs, and
 time forward + backward passes (`python -m lesionseg.bench models`).
 
-Shared by the model table (`python -m lesionseg.models`), which prints counts against the papers.
+Parameter and MAC counts come from `lesionseg.models.measure`, shared with the model table
+(`python -m lesionseg.models`), which prints them against the papers.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-import hydra
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from lesionseg.config import CONF_DIR
+from lesionseg.factory import build_net
 from lesionseg.models.catalog import CATALOG, PaperFigure
+from lesionseg.models.measure import count_parameters, model_configs
 
 DEFAULT_SIZE = (224, 192)
 """The X-Net crop of ATLAS: quick on CPU and the size most experiments train at."""
 
 
-def model_configs(entries: Sequence[PaperFigure]) -> Iterator[tuple[PaperFigure, DictConfig]]:
-    """Compose `conf/train.yaml` with each entry's model config, channels, classes and overrides."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for entry in entries:
-            cfg = compose(
-                "train",
-                overrides=[
-                    f"model={entry.config}",
-                    f"data.in_channels={entry.in_channels}",
-                    f"data.num_classes={entry.num_classes}",
-                    *entry.overrides,
-                ],
-            )
-            yield entry, cfg.model
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
-
-
 def segmentation_logits(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
     """The (B, K, H, W) logits of any model output (plain tensor or dict with "seg")."""
     return output["seg"] if isinstance(output, dict) else output
-
-
-def multiply_accumulates(model: nn.Module, in_channels: int, input_size: tuple[int, int]) -> int:
-    """MACs of one eval-mode forward pass on a single image (convolutions, linear layers and
-    matrix products, as torch's FLOP counter counts them: FLOPs / 2)."""
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, in_channels, *input_size))
-    return counter.get_total_flops() // 2
 
 
 def synchronize(device: torch.device) -> None:
@@ -95,7 +63,7 @@ def images_per_second(
     (channels_last under bf16 autocast, what `trainer.precision=bf16-mixed` does).
     """
     layout = torch.contiguous_format if mode == "fp32" else torch.channels_last
-    model.to(device, memory_format=layout).train()
+    model.to(device).to(memory_format=layout).train()
     images = torch.randn(batch_size, in_channels, *input_size, device=device).contiguous(memory_format=layout)
 
     def step() -> None:
@@ -169,7 +137,7 @@ def main(argv: Sequence[str]) -> None:
         table.add_column(column, justify="left" if column == "model" else "right")
     console = Console()
     for entry, model_config in model_configs(entries):
-        model = hydra.utils.instantiate(model_config)
+        model = build_net(model_config)  # without metadata keys such as explain_layer
         cells = []
         for device in devices:
             rates = [
@@ -179,7 +147,7 @@ def main(argv: Sequence[str]) -> None:
                 for mode in modes
             ]
             cells += [rate_cell(rate, rates[0], index) for index, rate in enumerate(rates)]
-        table.add_row(entry.config, f"{trainable_parameters(model):,}", *cells)
+        table.add_row(entry.config, f"{count_parameters(model):,}", *cells)
         console.print(f"{entry.config}: " + ", ".join(f"{mode} {cell}" for mode, cell in zip(modes * len(devices), cells)))  # progress
         del model
     console.print(table)

@@ -12,9 +12,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from lesionseg.bench.models import model_configs, multiply_accumulates, trainable_parameters
 from lesionseg.factory import build_net
 from lesionseg.models.catalog import CATALOG, PaperFigure
+from lesionseg.models.measure import count_parameters, model_configs, multiply_accumulates
 
 
 def difference(parameters: int, entry: PaperFigure) -> str:
@@ -35,7 +35,7 @@ def model_table() -> Table:
         with torch.device("meta"):
             model = build_net(model_config)  # without metadata keys such as explain_layer
             macs = multiply_accumulates(model, entry.in_channels, entry.input_size)
-        parameters = trainable_parameters(model)
+        parameters = count_parameters(model)
         height, width = entry.input_size
         table.add_row(
             entry.config,

@@ -43,10 +43,10 @@ MODEL_METADATA_KEYS = ("explain_layer",)
 
 
 def model_arguments(model_cfg: DictConfig) -> DictConfig:
-    """The model config without its metadata keys (a copy; the run config keeps them)."""
-    arguments = OmegaConf.masked_copy(model_cfg, [str(key) for key in model_cfg.keys() if key not in MODEL_METADATA_KEYS])
-    assert isinstance(arguments, DictConfig)
-    return arguments
+    """The model config, interpolations resolved (`${data.in_channels}`), without its metadata keys (a copy)."""
+    values = OmegaConf.to_container(model_cfg, resolve=True)
+    assert isinstance(values, dict)
+    return OmegaConf.create({key: value for key, value in values.items() if key not in MODEL_METADATA_KEYS})
 
 
 def build_net(model_cfg: DictConfig) -> nn.Module:

@@ -1,93 +1,99 @@
 """`python -m lesionseg.predict ckpt_path=<ckpt> input=<file or folder> [key=value ...]`: masks for new scans.
 
-The checkpoint carries its run config, so every scan goes through exactly the training pipeline:
-the same decoding, validation (NaN/inf, shape), preprocessing (crop, pad/resize, normalisation),
-grid inference, flip TTA and component clean-up (`inference.*`, `threshold`, overridable here).
-Masks are then mapped back to each scan's own geometry (the crop put back in place, pad/resize
-undone) and written in its own format: `<subject>_mask.nii.gz` with the scan's affine and header for a
-NIfTI volume, `<stem>_mask.png` per slice for 2D files (see `lesionseg.data.scans`).
+A Hydra app (`conf/predict.yaml`) over the Python API `lesionseg.inference.predictor.Predictor`. The
+checkpoint's stored config is the run (`lesionseg.app_config`): every scan goes through exactly the
+training pipeline (decoding, validation, preprocessing, the slice store's float16 precision, grid
+inference, flip TTA), then the mask is finished (threshold, classifier gate, clean-up on the whole
+volume) and mapped back to the scan's own geometry and format (`lesionseg.data.scans`).
 
-Without `input=`, the scans are the cases of the checkpoint's dataset layout under `data.root`
-(default `cases=unlabelled`, e.g. ATLAS R2.0 `Testing/`; `cases=all` predicts every case).
+Checkpoints: `ckpt_path=<file or run folder>`, `ckpt_path=[a,b,...]` (an ensemble: probabilities
+averaged), or `run_dir=<multirun folder>` (every fold's best checkpoint; the folder's
+`postprocessing.json` from `lesionseg.postprocess_select` is applied unless the command line sets
+`inference.*` clean-up keys). `-m ckpt_path=a,b` predicts with each checkpoint alone.
 
-Own keys: `ckpt_path` (required), `input`, `cases`, `output_dir` (new or empty; default
-`<run folder>/predict/<timestamp>/`), `save_probabilities` (false; true adds
-`<subject>_probabilities.npz`), `batch_size` (16 slices), `device` (auto | cpu | cuda). Everything
-else is a config override (e.g. `inference.tta_flips=[[3]]`, `inference.min_size=50`).
+Scans: `input=<file or folder>`, else the checkpoint's dataset cases under `data.root`
+(`cases=unlabelled`, e.g. ATLAS R2.0 `Testing/`; `cases=all` predicts every case).
 
-Writes `predictions.csv` (per scan: files, slices, lesion voxels, volume in ml where the scan has
-voxel spacing, 3D connected components, classifier probability) and `predict.json`. A scan that
-cannot be read is reported on one line naming the file, listed as failed, and the others are
-still predicted; the exit code is then non-zero.
+Writes `predictions.csv` (per scan: files, slices, lesion voxels and ml, 3D components, mean
+uncertainty inside the predicted lesion, classifier probability) and `predict.json`. A scan that
+cannot be read or does not fit the checkpoint's preprocessing is reported on one line naming the
+file and listed as failed; the others are still predicted; the exit code is then 2.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import hydra
-import numpy as np
 import pandas as pd
-import torch
-from omegaconf import OmegaConf
-from scipy import ndimage
-from tqdm.auto import tqdm
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from lesionseg.checkpoints import (
-    load_checkpoint,
-    merged_config,
-    new_output_dir,
-    parse_key_values,
-    restore_module,
-)
-from lesionseg.config import UsageError, exit_on_usage_error, register_resolvers
-from lesionseg.data.cases import CaseArrays, DataError
-from lesionseg.data.preprocess import Preprocess
-from lesionseg.data.scans import (
-    Scan,
-    input_scans,
-    layout_scans,
-    voxel_volume_ml,
-    write_prediction,
-    write_probabilities,
-)
-from lesionseg.data.validate import checked
-from lesionseg.module import SegmentationModule
+from lesionseg.app_config import app_overrides, check_keys, checkpoint_config, compose_app, in_sweep
+from lesionseg.checkpoints import load_checkpoint, new_output_dir
+from lesionseg.config import UsageError, exit_on_usage_error, register_resolvers, resolve_checkpoint
+from lesionseg.data.cases import DataError
+from lesionseg.data.scans import Scan, input_scans, layout_scans
+from lesionseg.inference.ensemble import run_members
+from lesionseg.inference.predictor import Predictor
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.summary import write_summary
 
-OWN_KEYS = ("ckpt_path", "input", "cases", "output_dir", "save_probabilities", "batch_size", "device")
+log = logging.getLogger("lesionseg.predict")
+OWN_KEYS = ("ckpt_path", "run_dir", "input", "cases", "output_dir", "save_probabilities", "batch_size", "device", "task_name", "split")
 CASE_CHOICES = ("unlabelled", "all")
+POSTPROCESSING_FILE = "postprocessing.json"
+CLEANUP_KEYS = ("keep_largest", "min_size", "min_size_ml", "connectivity", "cleanup_space")
 
 
-def parse_flag(key: str, value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise UsageError(f"{key}={value}: use true or false")
+def member_paths(app: DictConfig) -> list[Path]:
+    """The checkpoint files named by `ckpt_path` (one, a run folder, or a list) or `run_dir`."""
+    run_dir = app.get("run_dir")
+    given = not OmegaConf.is_missing(app, "ckpt_path") and app.ckpt_path is not None
+    if run_dir and given:
+        raise UsageError("give ckpt_path=<checkpoint(s)> or run_dir=<multirun folder>, not both")
+    if run_dir:
+        return run_members(Path(run_dir).expanduser())
+    if not given:
+        raise UsageError("ckpt_path=<checkpoint file> is required (or ckpt_path=[a,b,...], or run_dir=<multirun folder>)")
+    names = list(app.ckpt_path) if OmegaConf.is_list(app.ckpt_path) else [app.ckpt_path]
+    if not names:
+        raise UsageError("ckpt_path=[]: name at least one checkpoint")
+    return [Path(str(resolve_checkpoint(str(name), None, Path.cwd()))) for name in names]
 
 
-def choose_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"device={name}: use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device=cuda: no CUDA device is available")
-    return torch.device(name)
+def member_configs(paths: list[Path], app: DictConfig, overrides: list[str]) -> list[DictConfig]:
+    """Each member's stored config with the command line applied (struct mode: unknown keys are errors)."""
+    return [checkpoint_config(load_checkpoint(path)[1], app, overrides, OWN_KEYS, str(path)) for path in paths]
 
 
-def find_scans(own: dict[str, str], cfg: Any) -> list[Scan]:
+def chosen_postprocessing(app: DictConfig, settings: InferenceSettings, overrides: list[str]) -> tuple[InferenceSettings, dict[str, Any] | None]:
+    """`run_dir`'s postprocessing.json applied to `settings`, unless the command line sets clean-up keys."""
+    run_dir = app.get("run_dir")
+    if not run_dir or not (Path(run_dir) / POSTPROCESSING_FILE).is_file():
+        return settings, None
+    if any(override.lstrip("+").split("=")[0] in {f"inference.{key}" for key in CLEANUP_KEYS} for override in overrides):
+        return settings, None
+    chosen = json.loads((Path(run_dir) / POSTPROCESSING_FILE).read_text())["chosen"]
+    return replace(settings, **{key: value for key, value in chosen.items() if key in CLEANUP_KEYS}), chosen
+
+
+def anchor_checkpoint(app: DictConfig, paths: list[Path]) -> Path:
+    """The path whose run folder holds the default output folder: the first checkpoint's run, or `run_dir`."""
+    return Path(app.run_dir) / "checkpoints" / "ensemble" if app.get("run_dir") else paths[0]
+
+
+def find_scans(app: DictConfig, cfg: DictConfig) -> list[Scan]:
     """The scans named by `input=`, else the checkpoint's dataset cases under `data.root`."""
-    if own.get("input"):
-        return input_scans(Path(own["input"]), cfg.data.in_channels)
-    which = own.get("cases", "unlabelled")
+    if app.get("input"):
+        return input_scans(Path(app.input), cfg.data.in_channels)
+    which = app.get("cases") or "unlabelled"
     if which not in CASE_CHOICES:
         raise UsageError(f"cases={which}: use one of {', '.join(CASE_CHOICES)}")
     datamodule = hydra.utils.instantiate(cfg.data, augment=None)
@@ -97,123 +103,78 @@ def find_scans(own: dict[str, str], cfg: Any) -> list[Scan]:
     return layout_scans(cases, datamodule.layout)
 
 
-@torch.no_grad()
-def predict_slices(module: SegmentationModule, image: np.ndarray, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
-    """Model-space mask (Z, H', W'), probabilities (Z, K, H', W') and per-slice classifier probability."""
-    outputs: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(image), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(image[start : start + batch_size])).to(device)
-        slices = torch.arange(start, start + len(batch))
-        result = module.predict_step({"image": batch, "subject": [], "slice_index": slices}, 0)
-        for key in ("mask", "probabilities", "cls_probability"):
-            if key in result:
-                outputs.setdefault(key, []).append(result[key].float().cpu())
-    return {key: torch.cat(values).numpy() for key, values in outputs.items()}
-
-
-def scan_image(scan: Scan, in_channels: int) -> np.ndarray:
-    """The scan decoded and its image validated as training does it: (Z, in_channels, H, W) float32.
-
-    A labelled case's mask is not needed to predict, so it is neither checked nor kept.
-    """
-    decoded = scan.decode()
-    arrays, _ = checked(replace(scan.case, mask=()), CaseArrays(image=decoded.image, mask=None))
-    image = arrays.image
-    if image.shape[1] == 1 < in_channels:
-        image = np.repeat(image, in_channels, axis=1)
-    if image.shape[1] != in_channels:
-        raise DataError(f"{scan.case.image[0]}: {image.shape[1]} channels, but the model takes {in_channels}")
-    return image
-
-
-def predict_scan(scan: Scan, module: SegmentationModule, preprocess: Preprocess, in_channels: int, settings: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Predict one scan, write its mask (and probabilities); return its predictions.csv row."""
-    image = scan_image(scan, in_channels)
-    size = tuple(image.shape[-2:])
-    model_space, _ = preprocess(image, None)
-    output = predict_slices(module, model_space, settings["batch_size"], settings["device"])
-    mask = preprocess.restore(output["mask"].astype(np.uint8), size)
-    mask_files = write_prediction(scan, mask, folder, binary=module.num_classes == 1)
-    if settings["save_probabilities"]:
-        probabilities = preprocess.restore(output["probabilities"].astype(np.float32), size, cv2.INTER_LINEAR)
-        write_probabilities(scan, probabilities, folder)
-    lesion = mask > 0
-    voxel_ml = voxel_volume_ml(scan)
-    row = {
-        "subject": scan.case.subject,
-        "status": "ok",
-        "source": str(scan.case.image[0]),
-        "slices": int(len(mask)),
-        "mask": str(mask_files[0] if len(mask_files) == 1 else mask_files[0].parent),
-        "lesion_voxels": int(lesion.sum()),
-        "lesion_ml": None if voxel_ml is None else float(lesion.sum()) * voxel_ml,
-        "components": int(ndimage.label(lesion)[1]),
-    }
-    if "cls_probability" in output:
-        row["cls_probability_max"] = float(output["cls_probability"].max())
-    return row
-
-
-def predict(arguments: Sequence[str]) -> dict[str, Any]:
+def run(app: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """Predict every scan; write masks, predictions.csv and predict.json; return the summary."""
     started = time.perf_counter()
-    own, overrides = parse_key_values(arguments, OWN_KEYS)
-    if not own.get("ckpt_path"):
-        raise UsageError("ckpt_path=<checkpoint file> is required")
-    if own.get("input") and own.get("cases"):
-        raise UsageError("give input=<scans> or cases=unlabelled|all (with data.root), not both")
-    checkpoint_path = Path(own["ckpt_path"]).expanduser()
-    checkpoint, cfg = load_checkpoint(checkpoint_path)
-    cfg = merged_config(cfg, overrides)
+    paths = member_paths(app)
+    configs = member_configs(paths, app, overrides)
+    cfg = configs[0]
     try:
-        batch_size = int(own.get("batch_size", 16))
+        settings = InferenceSettings.from_config(cfg)
     except ValueError as error:
-        raise UsageError(f"batch_size={own['batch_size']}: not an integer") from error
-    settings = {
-        "batch_size": max(batch_size, 1),
-        "device": choose_device(own.get("device", "auto")),
-        "save_probabilities": parse_flag("save_probabilities", own.get("save_probabilities", "false")),
-    }
-    scans = find_scans(own, cfg)
-    output_dir = new_output_dir(checkpoint_path, Path(own["output_dir"]) if own.get("output_dir") else None, "predict")
-    module = restore_module(checkpoint, cfg, None).eval().to(settings["device"])
-    preprocess = Preprocess.from_config(cfg.data.preprocess)
-
-    rows = []
-    for scan in tqdm(scans, desc="predict", unit="scan", disable=None):
-        try:
-            rows.append(predict_scan(scan, module, preprocess, cfg.data.in_channels, settings, output_dir))
-        except DataError as error:
-            print(f"error: {error}", file=sys.stderr)
-            rows.append({"subject": scan.case.subject, "status": f"failed: {error}", "source": str(scan.case.image[0])})
+        raise UsageError(str(error)) from None
+    settings, chosen = chosen_postprocessing(app, settings, overrides)
+    scans = find_scans(app, cfg)
+    requested = Path(app.output_dir).expanduser() if app.get("output_dir") else None
+    output_dir = new_output_dir(anchor_checkpoint(app, paths), requested, "predict")
+    try:
+        predictor = Predictor.from_checkpoints(paths, configs, settings, app.get("device", "auto"), int(app.get("batch_size", 16)))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    rows = predictor.predict_scans(scans, output_dir, bool(app.get("save_probabilities")), report=lambda message: print(f"error: {message}", file=sys.stderr))
     pd.DataFrame(rows).to_csv(output_dir / "predictions.csv", index=False)
     failed = [row for row in rows if row["status"] != "ok"]
     summary = {
-        "checkpoint": str(checkpoint_path),
+        "checkpoints": [str(path) for path in paths],
+        "checkpoint": str(paths[0]),
         "model": cfg.get("model_name"),
         "data": cfg.data.get("name"),
-        "overrides": list(overrides),
-        "threshold": cfg.threshold,
-        "inference": OmegaConf.to_container(cfg.inference, resolve=True),
+        "overrides": [override for override in overrides if override.split("=")[0] not in OWN_KEYS],
+        "threshold": settings.threshold,
+        "inference": settings.as_dict(),
+        "postprocessing_from": str(Path(app.run_dir) / POSTPROCESSING_FILE) if chosen is not None else None,
+        "uncertainty": "predictive entropy of the mean class probabilities, normalised to [0, 1]",
         "scans": len(rows),
         "failed": len(failed),
-        "device": str(settings["device"]),
+        "device": str(predictor.device),
         "wall_time_s": time.perf_counter() - started,
         "output_dir": str(output_dir),
     }
     write_summary(output_dir / "predict.json", summary)
-    print(f"predicted {len(rows) - len(failed)} of {len(rows)} scans into {output_dir}")
+    print(f"predicted {len(rows) - len(failed)} of {len(rows)} scans with {len(paths)} checkpoint(s) into {output_dir}")
     return summary
 
 
+def predict(arguments: list[str]) -> dict[str, Any]:
+    """The Python form of the command line: `predict(["ckpt_path=...", "input=..."])`."""
+    register_resolvers()
+    check_keys(arguments, "predict", OWN_KEYS)
+    return run(compose_app("predict", arguments), list(arguments))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def app(cfg: DictConfig) -> int:
+    """Hydra app: one prediction run (one job of a sweep); a bad input is one line, exit code 2."""
+    try:
+        summary = run(cfg, app_overrides())
+        if summary["failed"]:
+            raise UsageError(f"{summary['failed']} of {summary['scans']} scans failed; see {summary['output_dir']}/predictions.csv")
+    except (UsageError, DataError, FileNotFoundError, MissingMandatoryValue) as error:
+        if in_sweep():  # one job's bad checkpoint must not stop the others
+            log.error("job failed: %s", error)
+            return 2
+        exit_on_usage_error(str(error))
+    return 0
+
+
 def main() -> None:
+    """Check the command line (group options, unknown keys) before Hydra, then run the app."""
     register_resolvers()
     try:
-        summary = predict(sys.argv[1:])
-    except (UsageError, DataError, FileNotFoundError) as error:
+        check_keys(sys.argv[1:], "predict", OWN_KEYS)
+    except UsageError as error:
         exit_on_usage_error(str(error))
-    if summary["failed"]:
-        exit_on_usage_error(f"{summary['failed']} of {summary['scans']} scans failed; see {summary['output_dir']}/predictions.csv")
+    app()
 
 
 if __name__ == "__main__":

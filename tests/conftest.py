@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 from hydra_helpers import compose_train
+from inference_fixtures import second_checkpoint, tiny_run  # noqa: F401  (session fixtures shared by the after-training tests)
 from omegaconf import DictConfig
 
 from lesionseg.config import register_resolvers

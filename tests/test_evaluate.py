@@ -11,23 +11,12 @@ import torch
 
 from lesionseg.config import UsageError
 from lesionseg.evaluate import evaluate
-from lesionseg.train import train
-
-TINY = (
-    "data.num_training=10",
-    "data.num_testing=0",
-    "data.volume_shape=[64,64,16]",
-    "data.num_workers=0",
-    "model.base_channels=8",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=4",
-)
 
 
 @pytest.fixture
-def trained_run(train_config) -> dict:
-    _, summary = train(train_config(*TINY))
-    return summary
+def trained_run(tiny_run: dict) -> dict:
+    """The session's tiny trained run (tests/inference_fixtures.py)."""
+    return tiny_run
 
 
 def test_evaluate_reproduces_the_test_stage_from_the_checkpoint(trained_run: dict, tmp_path: Path) -> None:

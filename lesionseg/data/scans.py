@@ -174,6 +174,17 @@ def write_probabilities(scan: Scan, probabilities: np.ndarray, folder: Path) -> 
     return path
 
 
+def write_volume_map(scan: Scan, values: np.ndarray, folder: Path, name: str) -> Path:
+    """Save a (Z, H, W) float map of a NIfTI scan as `<subject>_<name>.nii.gz` (float32, the scan's affine and header)."""
+    path = folder / f"{scan.case.subject}_{name}.nii.gz"
+    reference = nib.load(str(scan.case.image[0]))
+    image = nib.Nifti1Image(axial_volume(values.astype(np.float32)), reference.affine, reference.header)
+    image.set_data_dtype(np.float32)
+    image.header.set_slope_inter(1.0, 0.0)
+    _save_atomic(path, lambda temporary: nib.save(image, str(temporary)))
+    return path
+
+
 def split_stem(path: Path) -> str:
     """A file's name without its scan suffix (`.nii.gz` and `.dcm` included)."""
     suffix = _scan_suffix(path)

@@ -4,15 +4,17 @@ A *scan* is a case without the need for a mask: a file (or a dataset layout's ca
 into (Z, C, H, W) slices exactly as in training. Two sources:
 
 - `input_scans(path)`: a file or a folder of files, each file one scan: NIfTI volumes
-  (`.nii`/`.nii.gz`, cut into axial slices as for ATLAS), 2D pictures (PNG/JPG/TIFF) and single-frame
-  DICOM slices. Files whose stem ends in `_mask` (LGG's masks, and this tool's own outputs) are skipped.
+  (`.nii`/`.nii.gz`, cut into axial slices as for ATLAS), 2D pictures (PNG/JPG/TIFF) and DICOM images
+  (`.dcm` or with the DICM preamble; the slices of one series in one folder are one scan, a multi-frame
+  file is one: `dicom_stroke.dicom_scan_cases`). Files whose stem ends in `_mask` (LGG's masks, and this tool's own outputs) are skipped.
 - `layout_scans(cases, layout)`: the cases a dataset layout found under `data.root` (e.g. ATLAS
   R2.0 `Testing/` subjects, which have no mask).
 
 `write_prediction` puts the mask where a researcher looks for it, in the geometry of the source:
 a NIfTI scan gets `<subject>_mask.nii.gz` with the source's affine and header (so it overlays the scan
 in any viewer); a scan made of 2D files gets one `<stem>_mask.png` (0/255, or class indices) per
-slice. Every file is written under a temporary name and renamed, so no half-written mask is left.
+slice, and a DICOM scan also a DICOM SEG `<subject>_seg.dcm` referencing it (`dicom_seg`). Every file
+is written under a temporary name and renamed, so no half-written mask is left.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -27,6 +30,8 @@ import nibabel as nib
 import numpy as np
 
 from lesionseg.data.cases import Case, CaseArrays, DataError, Layout
+from lesionseg.data.dicom_seg import write_dicom_seg
+from lesionseg.data.dicom_stroke import dicom_scan_cases, is_dicom_file, read_dicom_volume
 from lesionseg.data.folder import (
     NIFTI_SUFFIXES,
     SUFFIXES,
@@ -34,8 +39,8 @@ from lesionseg.data.folder import (
     split_suffix,
     to_channels,
 )
-from lesionseg.data.image_files import read_dicom_pixels
 from lesionseg.data.nifti import axial_volume
+from lesionseg.outputs import atomic_save
 
 DICOM_SUFFIX = ".dcm"
 MASK_STEM_SUFFIX = "_mask"
@@ -50,8 +55,8 @@ class Scan:
 
     @property
     def is_volume(self) -> bool:
-        """True when the scan is one NIfTI volume (the mask is written as NIfTI beside its geometry)."""
-        return len(self.case.image) == 1 and self.case.image[0].name.lower().endswith(NIFTI_SUFFIXES)
+        """True when the scan is one NIfTI volume, or one per channel (nnU-Net raw): the mask is written as NIfTI in the first one's geometry."""
+        return bool(self.case.image) and all(path.name.lower().endswith(NIFTI_SUFFIXES) for path in self.case.image)
 
 
 def _scan_suffix(path: Path) -> str | None:
@@ -66,8 +71,6 @@ def _scan_suffix(path: Path) -> str | None:
 
 def _decode_file(path: Path, channels: int) -> CaseArrays:
     """One scan file as (Z, channels, H, W) float32 (a NIfTI keeps its affine)."""
-    if path.name.lower().endswith(DICOM_SUFFIX):
-        return CaseArrays(image=to_channels(read_dicom_pixels(path)[np.newaxis], channels, path), mask=None)
     planes, affine = read_planes(path)
     return CaseArrays(image=to_channels(planes, channels, path), mask=None, affine=affine)
 
@@ -85,7 +88,9 @@ def input_scans(path: Path, channels: int) -> list[Scan]:
     else:
         files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
     scans = []
-    for file in files:
+    dicom_files = [file for file in files if is_dicom_file(file)]  # a series in one folder is one scan (dicom_stroke.dicom_scan_cases)
+    scans += [Scan(case, partial(read_dicom_volume, case)) for case in dicom_scan_cases(dicom_files, path)]
+    for file in sorted(set(files) - set(dicom_files)):
         suffix = _scan_suffix(file)
         if suffix is None:
             if path.is_file():
@@ -106,18 +111,6 @@ def layout_scans(cases: list[Case], layout: Layout) -> list[Scan]:
     return [Scan(case, lambda case=case: layout.load(case)) for case in cases]
 
 
-def _save_atomic(path: Path, save: Callable[[Path], object]) -> None:
-    """Save through `save(temporary path)` beside `path` (same suffix), then rename into place."""
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    temporary = path.with_name(f".{path.name}.tmp{suffix}")
-    try:
-        save(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _write_nifti_mask(source: Path, mask: np.ndarray, path: Path) -> None:
     """(Z, H, W) axial mask -> NIfTI with the source's affine and header, uint8."""
     reference = nib.load(str(source))
@@ -125,7 +118,7 @@ def _write_nifti_mask(source: Path, mask: np.ndarray, path: Path) -> None:
     image = nib.Nifti1Image(volume, reference.affine, reference.header)
     image.set_data_dtype(np.uint8)
     image.header.set_slope_inter(1.0, 0.0)
-    _save_atomic(path, lambda temporary: nib.save(image, str(temporary)))
+    atomic_save(path, lambda temporary: nib.save(image, str(temporary)))
 
 
 def _write_png(mask: np.ndarray, path: Path, binary: bool) -> None:
@@ -136,7 +129,7 @@ def _write_png(mask: np.ndarray, path: Path, binary: bool) -> None:
         if not cv2.imwrite(str(temporary), picture):
             raise DataError(f"{path}: could not write the mask")
 
-    _save_atomic(path, save)
+    atomic_save(path, save)
 
 
 def voxel_volume_ml(scan: Scan) -> float | None:
@@ -164,13 +157,15 @@ def write_prediction(scan: Scan, mask: np.ndarray, folder: Path, binary: bool = 
         paths = [folder / subject / f"{split_stem(source)}{MASK_STEM_SUFFIX}.png" for source in scan.case.image]
     for plane, path in zip(mask, paths):
         _write_png(plane, path, binary)
+    if all(is_dicom_file(source) for source in scan.case.image):  # and a DICOM SEG beside the PNGs, for PACS viewers
+        write_dicom_seg(scan.case.image, mask, paths[0].parent / f"{subject}_seg.dcm", binary)
     return paths
 
 
 def write_probabilities(scan: Scan, probabilities: np.ndarray, folder: Path) -> Path:
     """Save (Z, K, H, W) class probabilities as `<subject>_probabilities.npz` (float16, nnU-Net's habit)."""
     path = folder / f"{scan.case.subject}_probabilities.npz"
-    _save_atomic(path, lambda temporary: np.savez_compressed(temporary, probabilities=probabilities.astype(np.float16)))
+    atomic_save(path, lambda temporary: np.savez_compressed(temporary, probabilities=probabilities.astype(np.float16)))
     return path
 
 
@@ -181,11 +176,11 @@ def write_volume_map(scan: Scan, values: np.ndarray, folder: Path, name: str) ->
     image = nib.Nifti1Image(axial_volume(values.astype(np.float32)), reference.affine, reference.header)
     image.set_data_dtype(np.float32)
     image.header.set_slope_inter(1.0, 0.0)
-    _save_atomic(path, lambda temporary: nib.save(image, str(temporary)))
+    atomic_save(path, lambda temporary: nib.save(image, str(temporary)))
     return path
 
 
 def split_stem(path: Path) -> str:
     """A file's name without its scan suffix (`.nii.gz` and `.dcm` included)."""
     suffix = _scan_suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.stem
+    return path.name[: -len(suffix)] if suffix else path.name  # DICOM files named by UID: 1.2.840....5

@@ -26,7 +26,7 @@ import numpy as np
 from lesionseg.data.cases import Case, CaseArrays, DataError
 from lesionseg.data.image_files import read_picture, read_tiff
 from lesionseg.data.nifti import axial_slices, read_volume
-from lesionseg.data.validate import check_name, ignored, is_lossy, lossy_mask, missing_mask
+from lesionseg.data.validate import check_name, ignored, is_lossy, lossy_mask, missing_mask, printable
 
 SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -48,7 +48,11 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
     """Supported files of `folder` keyed by stem; two files sharing a stem is an error."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if ignored(path) or not path.is_file():
+        if ignored(path):
+            continue
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{printable(path)}: broken symbolic link (its target is missing or it links to itself)")
+        if not path.is_file():
             continue
         stem, _ = split_suffix(check_name(path))
         if stem in found:

@@ -53,6 +53,9 @@ def read_picture(path: Path, mode: str | None = None) -> np.ndarray:
             check_voxel_count(path, (height, width, len(picture.getbands())))
             if picture.mode not in PICTURE_MODES:
                 raise DataError(f"{path}: unsupported colour mode {picture.mode}; save it as greyscale or RGB")
+            if picture.format == "PNG":  # every chunk's CRC and the closing IEND, which decoding alone skips
+                picture.verify()
+        with Image.open(path) as picture:
             picture.load()
             return np.asarray(picture.convert(mode) if mode else picture)
     except DataError:

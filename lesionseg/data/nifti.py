@@ -45,12 +45,15 @@ def _header(path: Path, start: bytes) -> nib.Nifti1Header:
     header_class = HEADER_SIZES[size].header_class
     try:
         header = header_class.from_fileobj(io.BytesIO(start[:size]), check=False)
-        dtype = header.get_data_dtype()
-    except Exception as exc:  # nibabel raises HeaderDataError for unknown datatype codes
-        code = int(np.frombuffer(start[70:72], "<i2")[0]) if size == 348 else int(np.frombuffer(start[12:14], "<i2")[0])
-        raise DataError(f"{path}: unsupported NIfTI datatype code {code} ({one_line(exc)}); supported: integers, float32, float64") from exc
-    check_dtype(path, dtype, header.get_value_label("datatype"))
-    check_voxel_count(path, header.get_data_shape())
+        dtype, label = header.get_data_dtype(), header.get_value_label("datatype")
+        shape = header.get_data_shape()
+    except Exception as exc:  # nibabel raises HeaderDataError for unknown datatype codes or dims
+        raise DataError(f"{path}: implausible NIfTI header ({one_line(exc)})") from exc
+    check_dtype(path, dtype, label)
+    check_voxel_count(path, shape)
+    scaling = [float(header["scl_slope"]), float(header["scl_inter"])]
+    if any(np.isinf(value) for value in scaling):  # NaN means "unscaled" (NIfTI-1); infinity means damage
+        raise DataError(f"{path}: implausible NIfTI header (scl_slope, scl_inter = {scaling[0]}, {scaling[1]})")
     return header
 
 

@@ -161,7 +161,8 @@ class SliceStore:
         peak = float(np.abs(image).max(initial=0.0))
         if peak > FLOAT16_MAX:
             raise DataError(
-                f"{case.image[0]}: preprocessed intensities reach {peak:.3g}, beyond float16; choose a data.preprocess.normalisation other than none"
+                f"{case.image[0]}: preprocessed intensities reach {peak:.3g}, beyond the slice store's float16 (65504); "
+                "normalise them (data.preprocess.normalisation: max, zscore, or constant with a larger scale)"
             )
         atomic_write(stem.with_name(stem.name + ".image.npy"), lambda f: np.save(f, image.astype(np.float16)))
         if mask is not None:

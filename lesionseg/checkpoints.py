@@ -31,7 +31,7 @@ import importlib
 import json
 import pickle
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from lesionseg.config import CONF_DIR, UsageError
-from lesionseg.factory import build_module
 from lesionseg.outputs import atomic_save, claim_output_dir
 
 CONFIG_KEY = "lesionseg_config"
@@ -202,38 +201,6 @@ class LastEpochCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_missed(trainer)
-
-
-def parse_key_values(arguments: Sequence[str], own_keys: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """Split `key=value` words into the entry point's own keys and the remaining config overrides."""
-    own: dict[str, str] = {}
-    overrides = []
-    for argument in arguments:
-        key, separator, value = argument.partition("=")
-        if not separator:
-            raise UsageError(f"expected key=value, got '{argument}'")
-        if key in own_keys:
-            own[key] = value
-        else:
-            overrides.append(argument)
-    return own, overrides
-
-
-def merged_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """The checkpoint's config with `key=value` overrides applied; UsageError on a malformed one."""
-    try:
-        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    except Exception as error:
-        raise UsageError(f"bad override in {' '.join(overrides)}: {error}") from error
-    assert isinstance(merged, DictConfig)
-    return merged
-
-
-def restore_module(checkpoint: dict[str, Any], cfg: DictConfig, output_dir: Path | None) -> Any:
-    """The trained `SegmentationModule` of `checkpoint`, built from `cfg` (inference settings included)."""
-    module = build_module(cfg, output_dir)
-    module.load_state_dict(checkpoint["state_dict"])
-    return module
 
 
 def new_output_dir(checkpoint_path: Path, requested: Path | None, kind: str) -> Path:

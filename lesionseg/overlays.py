@@ -72,9 +72,10 @@ def slice_dice(target: np.ndarray, prediction: np.ndarray) -> float:
 
 
 def lesion_region(target: np.ndarray, prediction: np.ndarray) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of the region to enlarge; the whole slice when nothing is marked."""
+    """(top, bottom, left, right) of the region to enlarge: around the labelled lesion, else the
+    prediction (false positives elsewhere show in the whole-slice column); the whole slice when neither."""
     height, width = target.shape
-    rows, cols = np.nonzero((target > 0) | (prediction > 0))
+    rows, cols = np.nonzero(target > 0) if (target > 0).any() else np.nonzero(prediction > 0)
     if len(rows) == 0:
         return 0, height, 0, width
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
@@ -95,6 +96,11 @@ def _contours(axes: Any, target: np.ndarray, prediction: np.ndarray, offset: tup
             rows = np.arange(-1, mask.shape[0] + 1) + offset[0]
             cols = np.arange(-1, mask.shape[1] + 1) + offset[1]
             axes.contour(cols, rows, padded, levels=[0.5], colors=[outline.colour], linestyles=outline.linestyle, linewidths=1.6)
+
+
+def short_name(subject: str, limit: int = 22) -> str:
+    """The subject id, its middle elided when longer than `limit` (DICOM UIDs) so the row label fits."""
+    return subject if len(subject) <= limit else f"{subject[: limit // 2 - 1]}…{subject[-(limit // 2) :]}"
 
 
 def figure_pixels(rows: int, dpi: int = 100) -> tuple[int, int]:
@@ -118,7 +124,7 @@ def overlay_figure(samples: Sequence[OverlaySample], title: str = "") -> Figure:
         top, bottom, left, right = lesion_region(sample.target, sample.prediction)
         axes[0].imshow(picture, interpolation="nearest")
         axes[0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor=REGION_COLOUR, linewidth=1.2))
-        axes[0].set_ylabel(f"{sample.subject}\nslice {sample.slice_index}", fontsize=9)
+        axes[0].set_ylabel(f"{short_name(sample.subject)}\nslice {sample.slice_index}", fontsize=9)
         axes[1].imshow(picture, interpolation="nearest")
         _contours(axes[1], sample.target, sample.prediction)
         axes[1].set_xlim(-0.5, picture.shape[1] - 0.5)
@@ -131,10 +137,10 @@ def overlay_figure(samples: Sequence[OverlaySample], title: str = "") -> Figure:
         axes[2].text(
             0.03,
             0.97,
-            f"Dice {dice:.2f}",
+            f"Dice {dice:.2f}\nlabel {int((sample.target > 0).sum())} px, predicted {int((sample.prediction > 0).sum())} px",
             transform=axes[2].transAxes,
             va="top",
-            fontsize=9,
+            fontsize=8,
             color="white",
             bbox={"facecolor": "black", "alpha": 0.6, "pad": 2},
         )

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from lesionseg.callbacks import TestSubjectTable, ValidationOverlays
-from lesionseg.overlays import COLUMNS, MIN_SIDE, OverlaySample, figure_pixels, lesion_region, overlay_figure, slice_dice
+from lesionseg.overlays import COLUMNS, MIN_SIDE, OverlaySample, figure_pixels, lesion_region, overlay_figure, short_name, slice_dice
 
 
 def disc(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.ndarray:
@@ -35,21 +35,28 @@ def test_figure_has_column_titles_row_labels_dice_and_a_legend() -> None:
     assert [panel.get_title() for panel in axes[0]] == list(COLUMNS)
     assert [row[0].get_ylabel() for row in axes] == ["sub-01\nslice 7", "sub-02\nslice 12"]
     dice = slice_dice(one.target, one.prediction)
-    assert 0 < dice < 1 and f"Dice {dice:.2f}" in [text.get_text() for text in axes[0][2].texts]
+    assert 0 < dice < 1 and [text.get_text() for text in axes[0][2].texts] == [f"Dice {dice:.2f}\nlabel 45 px, predicted 45 px"]
     legend = [text.get_text() for text in figure.legends[0].get_texts()]
     assert legend == ["ground truth", "prediction", "enlarged region"]
     assert "validation, epoch 3" in [text.get_text() for text in figure.texts]
 
 
-def test_enlarged_region_holds_the_lesion_and_prediction() -> None:
+def test_enlarged_region_is_around_the_lesion_else_the_prediction() -> None:
     target = np.zeros((100, 80), dtype=np.int64)
     target[40:43, 50:52] = 1
     prediction = np.zeros_like(target)
-    prediction[45, 55] = 1
+    prediction[90, 5] = 1  # a false positive far away: shown in the whole-slice column, not zoomed on
     top, bottom, left, right = lesion_region(target, prediction)
-    assert top <= 40 and bottom >= 46 and left <= 50 and right >= 56
+    assert top <= 40 and bottom >= 43 and left <= 50 and right >= 52 and not (top <= 90 < bottom and left <= 5 < right)
     assert bottom - top == right - left >= MIN_SIDE
+    top, bottom, left, right = lesion_region(np.zeros_like(target), prediction)
+    assert top <= 90 < bottom and left <= 5 < right
     assert lesion_region(np.zeros_like(target), np.zeros_like(target)) == (0, 100, 0, 80)
+
+
+def test_long_subject_ids_are_shortened_in_the_middle() -> None:
+    uid = "1.3.6.1.4.1.14519.5.2.1.7085.2626.192997540292073877946622133586"
+    assert short_name(uid) == "1.3.6.1.4.…46622133586" and short_name("sub-r001s001") == "sub-r001s001"
 
 
 def batch(subjects: list[str], indices: list[int], areas: list[int]) -> tuple[dict, dict]:

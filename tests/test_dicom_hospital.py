@@ -40,9 +40,6 @@ def hospital_slice(index: int, position: float, series: str, instance: int) -> p
     dataset.PixelSpacing = list(SPACING)
     dataset.SliceThickness = 2.5
     dataset.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
-    for keyword in ("StudyDate", "StudyTime", "PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName", "StudyID"):
-        setattr(dataset, keyword, "")
-    dataset.SeriesNumber, dataset.Manufacturer = 3, "scanner"
     return dataset
 
 

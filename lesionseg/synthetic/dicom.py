@@ -47,7 +47,10 @@ LESION_FRACTION = (1500 / 256**2, 6000 / 256**2)
 
 
 def dicom_slice(pixels: np.ndarray, patient: str, series_uid: str, study_uid: str, number: int, uid_seed: str) -> Dataset:
-    """A valid single-frame 16-bit MONOCHROME2 MR Image Storage dataset holding `pixels` (uint16), 1 mm pixels."""
+    """A valid single-frame 16-bit MONOCHROME2 MR Image Storage dataset holding `pixels` (uint16), 1 mm pixels.
+
+    The patient, study and frame-of-reference attributes a DICOM SEG needs to reference it are present (empty where optional).
+    """
     sop_uid = generate_uid(entropy_srcs=[uid_seed, "sop", str(number)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -58,10 +61,15 @@ def dicom_slice(pixels: np.ndarray, patient: str, series_uid: str, study_uid: st
     dataset.SOPClassUID = MRImageStorage
     dataset.SOPInstanceUID = sop_uid
     dataset.PatientID = patient
-    dataset.PatientName = patient
+    dataset.PatientName = f"Phantom^{patient}"
+    dataset.PatientBirthDate = dataset.PatientSex = ""
     dataset.StudyInstanceUID = study_uid
+    dataset.StudyDate = dataset.StudyTime = dataset.StudyID = dataset.AccessionNumber = dataset.ReferringPhysicianName = ""
     dataset.SeriesInstanceUID = series_uid
+    dataset.SeriesNumber = 1
+    dataset.FrameOfReferenceUID = generate_uid(entropy_srcs=[uid_seed, "frame of reference"])
     dataset.Modality = "MR"
+    dataset.Manufacturer = "lesionseg phantom"
     dataset.InstanceNumber = number
     dataset.ImagePositionPatient = [0.0, 0.0, float(number)]
     dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]

@@ -198,7 +198,7 @@ def print_scores(summary: dict[str, Any]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="score")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     """Hydra app: score `cfg.pred_dir` against `cfg.label_dir`; one-line error and exit 2 on bad input."""
     try:
         try:
@@ -223,14 +223,14 @@ def check_keys(arguments: Sequence[str]) -> None:
         raise UsageError(f"unknown key '{key}'{hint}; score takes {', '.join(known)}")
 
 
-def cli() -> None:
-    """Check the keys before Hydra (one-line errors), then run `main`."""
+def main() -> None:
+    """Console entry point: check the keys before Hydra (one-line errors), then run the Hydra app."""
     try:
         check_keys(sys.argv[1:])
     except UsageError as error:
         exit_on_usage_error(str(error))
-    main()
+    app()
 
 
 if __name__ == "__main__":
-    cli()
+    main()

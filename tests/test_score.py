@@ -16,7 +16,7 @@ import pytest
 from lesionseg.config import UsageError
 from lesionseg.data.cases import DataError
 from lesionseg.evaluation import METRIC_NAMES, subject_metrics
-from lesionseg.score import check_keys, cli, match_files, score_folders
+from lesionseg.score import check_keys, main, match_files, score_folders
 
 
 def voxels(shape: tuple[int, int, int], *points: tuple[int, int, int]) -> np.ndarray:
@@ -162,7 +162,7 @@ def test_cli_mismatched_pair_is_one_line_naming_both_files(tmp_path: Path, monke
     write_mask(tmp_path / "labels" / "a.nii.gz", CORNER_TARGET, affine=np.diag([1.0, 1.0, 1.0, 1.0]))
     monkeypatch.setattr(sys, "argv", ["score", f"pred_dir={tmp_path / 'pred'}", f"label_dir={tmp_path / 'labels'}"])
     with pytest.raises(SystemExit) as stopped:
-        cli()
+        main()
     assert stopped.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "a_mask.nii.gz and " in lines[0] and "a.nii.gz: affines differ" in lines[0]

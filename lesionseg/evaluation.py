@@ -54,7 +54,8 @@ DEFAULT_CONVENTION = "atlas"
 OVERLAP_METRICS = {"dice": "f1 score", "iou": "threat score", "precision": "precision", "recall": "recall"}
 # Value when the metric's denominator is zero. Dice = IoU = 1 when both masks are empty (both
 # challenges' `empty_value=1.0`). Precision (no predicted voxel) and recall (no lesion voxel) are 0,
-# as scikit-learn's precision_score / recall_score give (zero_division), which the ATLAS code used.
+# as scikit-learn's precision_score / recall_score give them (zero_division): the ATLAS code's own
+# `precision` / `sensitivity`, which its final settings no longer report.
 EMPTY_VALUES = {"dice": 1.0, "iou": 1.0, "precision": 0.0, "recall": 0.0}
 # Surface distances in mm. NaN policy: both masks empty -> 0.0 (they agree everywhere); exactly one
 # empty -> NaN (no surface to measure to). Means and stds over subjects skip NaN.

@@ -164,3 +164,31 @@ def test_predict_on_a_multirun_folder_ensembles_its_folds_and_applies_the_chosen
             assert row.mean_uncertainty_in_lesion == pytest.approx(uncertainty[np.asarray(nib.load(row.mask).dataobj) > 0].mean(), abs=1e-4)
     overridden = predict([f"run_dir={runs}", f"output_dir={tmp_path / 'plain'}", "inference.keep_largest=false"])
     assert overridden["inference"]["keep_largest"] is False and overridden["postprocessing_from"] is None
+
+
+def test_the_checkpoint_config_takes_only_what_the_command_line_names() -> None:
+    from hydra_helpers import compose_train
+    from omegaconf import OmegaConf
+
+    from lesionseg.app_config import checkpoint_config, compose_app
+    from lesionseg.config import UsageError
+    from lesionseg.predict import OWN_KEYS
+
+    composed = compose_train(["data=atlas", "data.root=/data/ATLAS_2", "data.preprocess.scale=50"], Path("/runs/a"))
+    stored = OmegaConf.to_container(composed, resolve=True)
+    stored.pop("hydra")
+    del stored["inference"]["min_size_ml"], stored["inference"]["threshold"]  # a checkpoint older than these keys
+    stored = OmegaConf.create(stored)
+
+    def apply(*overrides: str):
+        return checkpoint_config(stored, compose_app("predict", list(overrides)), list(overrides), OWN_KEYS, "old.ckpt")
+
+    cfg = apply("threshold=0.3", "inference.min_size=7")
+    assert cfg.inference.threshold == 0.3 and cfg.inference.min_size == 7 and cfg.inference.min_size_ml == 0.0
+    assert cfg.data.name == "atlas" and cfg.data.preprocess.scale == 50  # the rest is the checkpoint's
+    swapped = apply("data=lgg", "data.root=/data/lgg")
+    assert swapped.data.name == "lgg" and swapped.data.root == "/data/lgg" and swapped.data.preprocess.scale == 50
+    with pytest.raises(UsageError, match="cannot change"):
+        apply("model=xnet")
+    with pytest.raises(UsageError, match=r"unknown key 'data.num_training' in the config of old.ckpt"):
+        apply("data.num_training=3")  # a synthetic-only key: composes, but this checkpoint's data has no such key

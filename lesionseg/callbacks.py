@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from PIL import Image
 
 from lesionseg.overlays import OverlaySample, figure_to_rgb, overlay_figure, to_grey_rgb
 
@@ -144,7 +145,7 @@ class ValidationOverlays(Callback):
         picture = figure_to_rgb(figure, self.dpi)
         if self.dirpath is not None:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-            figure.savefig(self.dirpath / f"epoch_{epoch:03d}.png", dpi=self.dpi)
+            Image.fromarray(picture).save(self.dirpath / f"epoch_{epoch:03d}.png")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/overlays", picture, global_step=epoch, dataformats="HWC")

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from hydra_helpers import compose_train
 from omegaconf import DictConfig, OmegaConf
 
-from lesionseg.factory import build_net
+from lesionseg.factory import build_module, build_net
 from lesionseg.mask_set_loss import HungarianMatcher, MaskSetLoss, semantic_segments
 from lesionseg.models.maskdino import MaskDINO, Prediction, Segments, attention_mask
 from lesionseg.optim import build_optimizer
@@ -154,6 +154,20 @@ def test_eval_logits_are_scored_with_dice_ce() -> None:
     _, masks = lesion_batch()
     perfect = (masks[:, None].float() * 2 - 1) * 20
     assert criterion(perfect, masks) < 0.01 < criterion(-perfect, masks)
+
+
+def test_module_hands_the_set_loss_the_whole_training_output_and_plain_logits_otherwise(train_config) -> None:
+    module = build_module(train_config("model=maskdino", "loss=mask_set", "loss.num_points=64"), net=tiny())
+    received = []
+    set_loss = module.loss.forward
+    module.loss.forward = lambda output, target: received.append(type(output)) or set_loss(output, target)
+    images, masks = lesion_batch()
+    batch = {"image": images, "mask": masks}
+    loss = module.training_step(batch, 0)
+    with torch.no_grad():
+        module.eval().validation_step(batch, 0)
+    assert received == [dict, torch.Tensor]
+    assert loss > 1.0  # the set loss sums class, mask and Dice terms over 3 prediction sets and denoising
 
 
 def test_one_batch_overfits_to_dice_above_0_9() -> None:

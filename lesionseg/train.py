@@ -37,6 +37,7 @@ from lesionseg.config import (
 )
 from lesionseg.data.cases import DataError
 from lesionseg.factory import build_module, build_net
+from lesionseg.inspect import dataset_fingerprint
 from lesionseg.models.measure import count_parameters
 from lesionseg.outputs import atomic_write_text
 from lesionseg.summary import (
@@ -141,6 +142,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         "fold": cfg.data.get("fold"),
         "seed": cfg.seed,
         "params": count_parameters(net),
+        "dataset": dataset_fingerprint(datamodule),
         **progress,
         "best_checkpoint": best_path,
         "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint is not None and checkpoint.dirpath else None,

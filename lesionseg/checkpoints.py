@@ -125,7 +125,7 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        reason = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line), lines[0] if lines else "")
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), lines[-1] if lines else "")
         raise UsageError(f"{path}: refused: the checkpoint holds pickled Python objects, not only weights and plain data ({reason[:200]})") from None
     except Exception as error:  # torch raises many types for a damaged file
         text = " ".join(str(error).split())[:200]

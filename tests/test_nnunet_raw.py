@@ -122,6 +122,7 @@ def test_trains_on_two_channels_and_predicts_imagests_in_the_scans_geometry(data
     )
     _, summary = train(cfg)
     assert summary["status"] == "ok" and summary["data"] == "nnunet_raw"
+    assert summary["dataset"]["layout"] == "nnunet_raw" and (summary["dataset"]["cases"], summary["dataset"]["labelled"]) == (7, 6)
     predict([f"ckpt_path={summary['best_checkpoint']}", f"output_dir={tmp_path / 'masks'}"])
     table = pd.read_csv(tmp_path / "masks" / "predictions.csv")
     assert list(table["subject"]) == ["STROKE_006"] and (table["status"] == "ok").all()

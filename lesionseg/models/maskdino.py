@@ -142,10 +142,10 @@ class MultiScaleDeformableAttention(nn.Module):
         batch, queries, dim = query.shape
         head_dim = dim // self.heads
         values = self.value_projection(value).view(batch, -1, self.heads, head_dim)
-        offsets = self.sampling_offsets(query).view(batch, queries, self.heads, self.levels, self.points, 2)
+        offsets = self.sampling_offsets(query).float().view(batch, queries, self.heads, self.levels, self.points, 2)  # locations in fp32
         weights = self.attention_weights(query).view(batch, queries, self.heads, self.levels * self.points).softmax(-1)
-        sizes = torch.tensor([[width, height] for height, width in shapes], device=query.device, dtype=offsets.dtype)
-        locations = reference[:, :, None, None, None, :] + offsets / sizes[None, None, None, :, None, :]
+        sizes = torch.tensor([[width, height] for height, width in shapes], device=query.device, dtype=torch.float32)
+        locations = reference.float()[:, :, None, None, None, :] + offsets / sizes[None, None, None, :, None, :]
         grids = (2 * locations - 1).transpose(1, 2).flatten(0, 1)  # (B * heads, N, levels, points, 2)
         sampled = []
         for level, (level_values, (height, width)) in enumerate(zip(values.split([h * w for h, w in shapes], dim=1), shapes)):

@@ -17,7 +17,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from lesionseg.data.cases import DataError
-from lesionseg.data.dicom_stroke import read_dicom_frames, read_dicom_volume
+from lesionseg.data.dicom_stroke import DicomPlane, read_dicom_frames, read_dicom_volume, series_affine
 from lesionseg.data.scans import input_scans, write_prediction
 from lesionseg.synthetic.dicom import dicom_slice
 
@@ -103,6 +103,9 @@ def test_series_compressed_and_headerless_files_decode_to_volumes_in_their_geome
     assert enhanced.image.shape == (3, 1, SIZE, SIZE) and sorted(int(np.argmax(plane[0, :, 10])) for plane in enhanced.image) == [2, 10, 18]
     old = scans["old"].decode()
     assert old.image.shape == (1, 1, SIZE, SIZE) and np.array_equal(old.image[0, 0], pixels(1))
+    # Frames that are not one regular grid (here: spacing 1 mm, then 2 mm) have no affine.
+    irregular = [DicomPlane((0.0, 0.0, z), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), SPACING, 1.0) for z in (0.0, 1.0, 3.0)]
+    assert series_affine(irregular) is None and series_affine(irregular[:2]) is not None
 
 
 def test_masks_are_written_per_source_file_and_as_a_dicom_seg_highdicom_reads_back(inputs: Path, tmp_path: Path) -> None:

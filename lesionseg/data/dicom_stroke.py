@@ -289,20 +289,28 @@ def _slice_order(paths: Sequence[Path], headers: dict[Path, Dataset]) -> list[Pa
 
 
 def series_affine(planes: Sequence[DicomPlane]) -> np.ndarray | None:
-    """The 4 x 4 NIfTI (RAS) affine of a stack of planes as (column, row, slice) voxels; None without geometry."""
+    """The 4 x 4 NIfTI (RAS) affine of a stack of planes as (column, row, slice) voxels.
+
+    None when the planes do not form one regular grid: a position, orientation or spacing missing, or
+    slices not equally spaced along one line (frames stored out of order, variable spacing).
+    """
     first = planes[0]
-    if first.position is None or first.orientation is None or first.spacing is None:
+    positions = [plane.position for plane in planes]
+    if first.orientation is None or first.spacing is None or any(position is None for position in positions):
         return None
     row_step, column_step = first.spacing
     lps = np.eye(4)
     lps[:3, 0] = np.array(first.orientation[:3]) * column_step
     lps[:3, 1] = np.array(first.orientation[3:]) * row_step
-    last = planes[-1].position
-    if len(planes) > 1 and last is not None:
-        lps[:3, 2] = (np.array(last) - np.array(first.position)) / (len(planes) - 1)
+    points = np.array(positions, dtype=float)
+    if len(planes) > 1:
+        lps[:3, 2] = (points[-1] - points[0]) / (len(planes) - 1)
+        expected = points[0] + np.arange(len(planes))[:, None] * lps[:3, 2]
+        if not lps[:3, 2].any() or np.abs(points - expected).max() > 0.01 * max(float(np.linalg.norm(lps[:3, 2])), 1e-3):
+            return None
     else:
         lps[:3, 2] = np.cross(first.orientation[:3], first.orientation[3:]) * (first.thickness or 1.0)
-    lps[:3, 3] = first.position
+    lps[:3, 3] = points[0]
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 

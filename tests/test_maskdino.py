@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lesionseg.factory import build_module, build_net
 from lesionseg.mask_set_loss import HungarianMatcher, MaskSetLoss, semantic_segments
-from lesionseg.models.maskdino import MaskDINO, Prediction, Segments, attention_mask
+from lesionseg.models.maskdino import MaskDINO, Prediction, Segments, attention_mask, box_mask_logits, segment_boxes
 from lesionseg.optim import build_optimizer
 from lesionseg.train import train
 
@@ -107,6 +107,16 @@ def test_predictions_after_every_decoder_layer_and_for_denoising_queries(in_chan
     assert denoised.predictions[-1].mask_logits.shape == (2, denoised.groups * size, 24, 24)
     with torch.no_grad():
         assert model.eval()(images).shape == (2, num_classes, 72, 72)
+
+
+def test_denoising_boxes_bound_their_segments_and_their_first_attention() -> None:
+    masks = torch.zeros(3, 8, 10)
+    masks[0, 2:4, 5:9] = 1
+    masks[2, 0, 0] = 1
+    boxes = segment_boxes(masks)  # normalised (x0, y0, x1, y1); an empty mask has no box
+    torch.testing.assert_close(boxes, torch.tensor([[0.5, 0.25, 0.9, 0.5], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.1, 0.125]]))
+    inside = box_mask_logits(boxes[None, :, :2], boxes[None, :, 2:], (8, 10))[0] > 0
+    assert torch.equal(inside, masks.bool())
 
 
 def test_empty_attention_masks_attend_everywhere_without_nan() -> None:

@@ -15,8 +15,9 @@ over the 1/8-1/32 features, upsampled to 1/4. The parts:
 - transformer decoder: Mask2Former's masked attention (each query attends only inside its previous
   mask, an empty mask falls back to the whole map), one feature level per layer, coarse to fine; the
   class head (with a no-object class) and mask-embedding head predict after every layer;
-- unified denoising (training only): noised ground-truth segments (flipped labels, jittered anchors)
-  are extra queries that must reconstruct their segment. The model's `net(image)` contract has no
+- unified denoising (training only): noised ground-truth segments (flipped labels, noised boxes that
+  give their anchor and bound their first masked attention) are extra queries that must reconstruct
+  their segment. The model's `net(image)` contract has no
   targets, so the training output carries a `denoise` callable the set loss calls with them; it runs
   the decoder again for the noised queries, which see the matching queries' states of the same pass
   through self-attention exactly as in the joint attention-masked pass of DN-DETR.
@@ -345,7 +346,7 @@ class MaskDINO(nn.Module):
         num_heads, feedforward_dim, num_points: attention heads, FFN width, deformable sampling points.
         num_denoising: denoising queries per image in training (split into groups of the targets).
         label_noise: probability scale of flipping a denoising query's class (DN-DETR flips with half of it).
-        anchor_noise: anchor jitter as a fraction of the segment's half extent.
+        box_noise: how far each side of a denoising box moves, as a fraction of the box's half size.
         dropout: transformer dropout (the paper: 0).
     """
 
@@ -363,7 +364,7 @@ class MaskDINO(nn.Module):
         num_points: int = 4,
         num_denoising: int = 20,
         label_noise: float = 0.2,
-        anchor_noise: float = 0.4,
+        box_noise: float = 0.4,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -374,7 +375,7 @@ class MaskDINO(nn.Module):
         self.num_queries = num_queries
         self.num_denoising = num_denoising
         self.label_noise = label_noise
-        self.anchor_noise = anchor_noise
+        self.box_noise = box_noise
         self.backbone = smp.encoders.get_encoder(encoder_name, in_channels=in_channels, depth=5, weights=None)
         self.stride = 32
         channels = list(self.backbone.out_channels)[2:]  # strides 4, 8, 16, 32
@@ -436,9 +437,11 @@ class MaskDINO(nn.Module):
     ) -> Denoising | None:
         """Unified denoising: groups of noised ground-truth queries that must reconstruct their segment.
 
-        Content = the (sometimes flipped) label's embedding, anchor = the segment's centroid jittered by
-        up to `anchor_noise` of its half extent. Groups do not see each other; every denoising query sees
-        the matching queries (`states`), which never see the denoising ones. None when no image has a target.
+        Content = the (sometimes flipped) label's embedding; box = the segment's bounding box with every
+        side moved by up to `box_noise` of the box's half size (DINO's box noise). The noised box gives
+        the query's anchor (its centre) and its first masked attention (inside the box), as the noised
+        box is Mask DINO's denoising query. Groups do not see each other; every denoising query sees the
+        matching queries (`states`), which never see the denoising ones. None when no image has a target.
         """
         size = max((len(labels) for labels in targets.labels), default=0)
         if size == 0 or self.num_denoising <= 0:
@@ -446,39 +449,43 @@ class MaskDINO(nn.Module):
         groups = max(1, self.num_denoising // size)
         batch, device = len(targets.labels), mask_features.device
         labels = torch.zeros(batch, size, dtype=torch.long, device=device)
-        anchors = torch.full((batch, size, 2), 0.5, device=device)
-        extents = torch.zeros(batch, size, 2, device=device)
+        boxes = torch.zeros(batch, size, 4, device=device)
         valid = torch.zeros(batch, size, dtype=torch.bool, device=device)
         for index, (image_labels, image_masks) in enumerate(zip(targets.labels, targets.masks)):
             count = len(image_labels)
             labels[index, :count] = image_labels
             valid[index, :count] = True
             if count:
-                anchors[index, :count], extents[index, :count] = segment_anchors(image_masks)
-        labels, anchors, extents, valid = (tensor.repeat(1, groups, *[1] * (tensor.dim() - 2)) for tensor in (labels, anchors, extents, valid))
+                boxes[index, :count] = segment_boxes(image_masks.to(device))
+        labels, boxes, valid = labels.repeat(1, groups), boxes.repeat(1, groups, 1), valid.repeat(1, groups)
         flip = torch.rand(labels.shape, device=device) < self.label_noise * 0.5
         labels = torch.where(flip, torch.randint_like(labels, self.segment_classes), labels)
-        jitter = (torch.rand(anchors.shape, device=device) * 2 - 1) * extents / 2 * self.anchor_noise
-        anchors = (anchors + jitter).clamp(0.0, 1.0)
+        half = (boxes[..., 2:] - boxes[..., :2]).repeat(1, 1, 2) / 2
+        noised = (boxes + (torch.rand(boxes.shape, device=device) * 2 - 1) * half * self.box_noise).clamp(0.0, 1.0)
+        low, high = torch.minimum(noised[..., :2], noised[..., 2:]), torch.maximum(noised[..., :2], noised[..., 2:])
         query = self.label_embedding(labels).to(mask_features.dtype)
-        initial = self.decoder.predict(query, mask_features)
         self_mask = denoising_self_mask(valid, groups, size, states[0][0].shape[1], self.decoder.heads)
-        predictions, _ = self.decoder(query, anchors, levels, mask_features, initial.mask_logits, self_mask, states)
+        initial = box_mask_logits(low, high, (int(mask_features.shape[-2]), int(mask_features.shape[-1])))
+        predictions, _ = self.decoder(query, (low + high) / 2, levels, mask_features, initial, self_mask, states)
         return Denoising(predictions, groups, size)
 
 
-def segment_anchors(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centroids and box extents (n, 2) each, normalised (x, y), of binary masks (n, h, w)."""
+def segment_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Bounding boxes (n, 4) as normalised (x0, y0, x1, y1) of binary masks (n, h, w); zeros for an empty mask."""
     height, width = masks.shape[-2:]
-    weights = masks.float().flatten(1)
+    present = masks.flatten(1) > 0
     centres = grid_centres(height, width, masks.device)
-    centroids = (weights @ centres + 0.5 * SEMANTIC_EPS) / (weights.sum(-1, keepdim=True) + SEMANTIC_EPS)
-    present = weights > 0
-    big = torch.tensor(2.0, device=masks.device)
-    low = torch.where(present[..., None], centres[None], big).amin(1)
-    high = torch.where(present[..., None], centres[None], -big).amax(1)
-    extents = (high - low + torch.tensor([1 / width, 1 / height], device=masks.device)).clamp(min=0.0)
-    return centroids, extents
+    half_cell = torch.tensor([0.5 / width, 0.5 / height], device=masks.device)
+    low = torch.where(present[..., None], centres[None], 2.0).amin(1) - half_cell
+    high = torch.where(present[..., None], centres[None], -2.0).amax(1) + half_cell
+    return torch.where(present.any(1, keepdim=True), torch.cat((low, high), dim=-1), 0.0)
+
+
+def box_mask_logits(low: torch.Tensor, high: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Mask logits (B, n, h, w): +1 inside the boxes from corners `low` to `high` (B, n, 2), -1 outside."""
+    centres = grid_centres(*shape, low.device)
+    inside = ((centres >= low[..., None, :]) & (centres <= high[..., None, :])).all(-1)
+    return (inside.float() * 2 - 1).view(*low.shape[:2], *shape)
 
 
 def denoising_self_mask(valid: torch.Tensor, groups: int, size: int, matching: int, heads: int) -> torch.Tensor:

@@ -49,7 +49,7 @@ def check_keys(arguments: Sequence[str]) -> None:
         key = match.group("key")
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(known, parent) if parent else known
-        if not isinstance(node, DictConfig) or leaf not in node:
+        if not isinstance(node, DictConfig) or leaf not in node.keys():
             raise UsageError(f"unknown key '{key}' in '{argument}'; see conf/explain.yaml")
 
 

@@ -1,7 +1,8 @@
 """The trained members an explanation runs on, and the tensors of theirs that are explained.
 
-`load_members` is the one adapter between this package and the project's module factory
-(`lesionseg.factory.load_module`): it turns checkpoint paths into trained modules with their run configs. An ensemble (several checkpoints) is
+`load_predictor` is the one adapter between this package and the project's inference code: the
+`Predictor` of the checkpoints (members built by `lesionseg.factory`, one preprocessing path, mean
+probabilities, threshold / gate / clean-up), whose members are then explained. An ensemble (several checkpoints) is
 explained member by member; its prediction is the mean of the members' probabilities.
 """
 
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lesionseg.config import CONF_DIR, UsageError
-from lesionseg.factory import load_module
+from lesionseg.inference.predictor import Predictor
 from lesionseg.module import SegmentationModule, split_output
 
 OUTPUTS = ("seg", "cls")
@@ -31,20 +32,11 @@ class Member:
     module: SegmentationModule
 
 
-def load_members(paths: Sequence[Path], data_overrides: dict, device: torch.device) -> list[Member]:
-    """Trained modules of `paths` (their configs with `data_overrides` merged into `data`), in eval mode."""
-    members = []
-    for path in paths:
-        module, stored = load_module(path)
-        cfg = OmegaConf.merge(stored, {"data": data_overrides}) if data_overrides else stored
-        assert isinstance(cfg, DictConfig)
-        members.append(Member(path, cfg, module.eval().to(device)))
-    first = members[0]
-    for member in members[1:]:
-        for key in ("preprocess", "in_channels", "num_classes"):
-            if OmegaConf.to_container(member.config.data[key]) != OmegaConf.to_container(first.config.data[key]):
-                raise UsageError(f"ensemble members differ in data.{key}: {first.path} and {member.path}")
-    return members
+def load_predictor(paths: Sequence[Path], device: str, batch_size: int) -> tuple[Predictor, list[Member]]:
+    """The `Predictor` of the checkpoints (an ensemble when several) and its members with their run configs."""
+    predictor = Predictor.from_checkpoints(list(paths), device=device, batch_size=batch_size)
+    members = [Member(path, OmegaConf.create(module.run_config or {}), module) for path, module in zip(paths, predictor.members)]
+    return predictor, members
 
 
 def explain_layer(member: Member, requested: str | None) -> str:

@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 
 from lesionseg.config import UsageError, wandb_offline
 from lesionseg.data.cases import CaseArrays, DataError
-from lesionseg.data.preprocess import Preprocess
-from lesionseg.data.scans import Scan, input_scans, layout_scans
+from lesionseg.data.scans import Scan, input_scans, layout_scans, voxel_volume_ml
 from lesionseg.data.validate import checked
 from lesionseg.explanations.figures import overlay_figure
 from lesionseg.explanations.methods import (
@@ -46,26 +45,18 @@ from lesionseg.explanations.models import (
     Member,
     explain_layer,
     find_layer,
-    load_members,
+    load_predictor,
 )
 from lesionseg.explanations.sanity import cascading_randomisation
 from lesionseg.explanations.scores import plausibility_scores, road_scores
 from lesionseg.explanations.targets import PROBABILITY, Target, slice_targets
 from lesionseg.explanations.writer import write_saliency
+from lesionseg.inference.predictor import Predictor
 from lesionseg.module import split_output
 from lesionseg.outputs import claim_output_dir
 from lesionseg.summary import write_summary
 
 SPLITS = ("train", "val", "test")
-
-
-def choose_device(name: str) -> torch.device:
-    """`auto` (CUDA when available), `cpu` or `cuda`; a one-line UsageError otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
-        raise UsageError(f"device={name}: use auto, cpu or cuda (with a CUDA device)")
-    return torch.device(name)
 
 
 def output_folder(checkpoint: Path, requested: str | None) -> Path:
@@ -80,6 +71,7 @@ def output_folder(checkpoint: Path, requested: str | None) -> Path:
 class Explainer:
     """Everything the per-scan loop needs: members, what to explain, how, and where to write."""
 
+    predictor: Predictor
     members: list[Member]
     layer_names: list[str]
     methods: list[str]
@@ -89,7 +81,6 @@ class Explainer:
     road_percentiles: list[int]
     sanity_steps: int | None
     settings: MethodSettings
-    batch_size: int
     device: torch.device
     folder: Path
     seconds: dict[str, list[float]] = field(default_factory=dict)
@@ -116,31 +107,6 @@ def as_list(value: Any) -> list[str]:
     return [item.strip() for item in str(value).split(",") if item.strip()]
 
 
-@torch.no_grad()
-def predict_volume(explainer: Explainer, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lesion probability (Z, H, W) and predicted class mask (Z, H, W) of model-space slices.
-
-    Each member runs its own inference path (TTA included); probabilities are averaged over
-    members and the first member thresholds, cleans up and gates them.
-    """
-    first = explainer.members[0].module
-    probabilities, masks = [], []
-    for start in range(0, len(image), explainer.batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(image[start : start + explainer.batch_size])).to(explainer.device)
-        outputs = [member.module.inference_logits(batch) for member in explainer.members]
-        seg = torch.stack([first.probabilities(logits.float()) for logits, _ in outputs]).mean(dim=0)
-        cls = [torch.sigmoid(c.float()) for _, c in outputs if c is not None]
-        if len(outputs) == 1:
-            seg_logits, cls_logits = outputs[0][0].float(), outputs[0][1]
-        else:
-            seg_logits = seg.clamp_min(1e-7).log() if explainer.multiclass else torch.logit(seg, eps=1e-7)
-            cls_logits = torch.logit(torch.stack(cls).mean(dim=0), eps=1e-7) if cls else None
-        masks.append(first.predict_mask(seg_logits, refine=True, cls_logits=cls_logits).cpu())
-        lesion = seg[:, explainer.category] if explainer.multiclass else seg[:, 0]
-        probabilities.append(lesion.cpu())
-    return torch.cat(probabilities).numpy(), torch.cat(masks).numpy()
-
-
 def decode(scan: Scan, run_config: DictConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """The scan's image (Z, in_channels, H, W) float32, validated as in training, and its mask if labelled."""
     data = run_config.data
@@ -153,15 +119,17 @@ def decode(scan: Scan, run_config: DictConfig) -> tuple[np.ndarray, np.ndarray |
     return image, arrays.mask
 
 
-def explain_scan(scan: Scan, explainer: Explainer, preprocess: Preprocess) -> tuple[list[dict], list[dict], Path]:
+def explain_scan(scan: Scan, explainer: Explainer) -> tuple[list[dict], list[dict], Path]:
     """Explain one scan; write its maps and overlay; return its csv rows, sanity rows and figure."""
     image, truth = decode(scan, explainer.members[0].config)
-    size = tuple(image.shape[-2:])
-    try:
-        model_image, model_truth = preprocess(image, truth)
-    except ValueError as error:
-        raise DataError(f"{scan.case.image[0]}: {error}") from None
-    probability, mask = predict_volume(explainer, model_image)
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    predictor = explainer.predictor
+    preprocess = predictor.preprocess
+    model_image = predictor.model_input(image, scan.case.image[0])
+    model_truth = None if truth is None else preprocess(image, truth)[1]
+    probabilities, cls_probability = predictor.model_space(model_image)
+    mask = predictor.finish(probabilities, cls_probability, voxel_volume_ml(scan))
+    probability = probabilities[:, explainer.category] if explainer.multiclass else probabilities[:, 0]
     lesion_class = explainer.category if explainer.multiclass else 1
     predicted = (mask == lesion_class).astype(np.uint8)
     chosen, kind = slice_targets(predicted, probability, explainer.num_slices)
@@ -259,9 +227,10 @@ def build_explainer(cfg: DictConfig) -> tuple[Explainer, list[Path]]:
         raise UsageError("ckpt_path=<checkpoint file> (or a list of them) is required") from error
     if not paths:
         raise UsageError("ckpt_path=<checkpoint file> (or a list of them) is required")
-    device = choose_device(str(cfg.device))
-    data_overrides = {str(key): value for key, value in cfg.data.items() if value is not None}
-    members = load_members(paths, data_overrides, device)
+    if str(cfg.device) not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"device={cfg.device}: use auto, cpu or cuda")
+    predictor, members = load_predictor(paths, str(cfg.device), int(cfg.batch_size))
+    device = predictor.device
     options = cfg.explain
     layer_names = [explain_layer(member, options.layer) for member in members]
     for member, name in zip(members, layer_names):
@@ -269,6 +238,7 @@ def build_explainer(cfg: DictConfig) -> tuple[Explainer, list[Path]]:
     multiclass = members[0].module.num_classes > 1
     category = int(options.category) if options.category is not None else (1 if multiclass else 0)
     explainer = Explainer(
+        predictor=predictor,
         members=members,
         layer_names=layer_names,
         methods=methods,
@@ -278,7 +248,6 @@ def build_explainer(cfg: DictConfig) -> tuple[Explainer, list[Path]]:
         road_percentiles=[int(p) for p in options.road_percentiles],
         sanity_steps=int(options.sanity_steps) if cfg.sanity else None,
         settings=MethodSettings(seed=int(options.seed), lime=LimeSettings(**options.lime), occlusion=OcclusionSettings(**options.occlusion)),
-        batch_size=max(int(cfg.batch_size), 1),
         device=device,
         folder=Path(),
     )
@@ -306,16 +275,17 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     if str(cfg.logger) not in ("none", "wandb"):
         raise UsageError(f"logger={cfg.logger}: use none or wandb")
     explainer, paths = build_explainer(cfg)
-    run_config = explainer.members[0].config
+    data_overrides = {str(key): value for key, value in cfg.data.items() if value is not None}
+    run_config = OmegaConf.merge(explainer.members[0].config, {"data": data_overrides})
+    assert isinstance(run_config, DictConfig)
     scans = find_scans(cfg, run_config)
     explainer.folder = output_folder(paths[0], str(cfg.output_dir) if cfg.get("output_dir") else None)
-    preprocess = Preprocess.from_config(run_config.data.preprocess)
     rows: list[dict] = []
     sanity_rows: list[dict] = []
     figures: list[Path] = []
     for scan in tqdm(scans, desc="explain", unit="scan", disable=None):
         try:
-            scan_rows, scan_sanity, figure = explain_scan(scan, explainer, preprocess)
+            scan_rows, scan_sanity, figure = explain_scan(scan, explainer)
         except DataError as error:
             print(f"error: {error}", file=sys.stderr)
             rows.append({"subject": scan.case.subject, "status": f"failed: {error}"})

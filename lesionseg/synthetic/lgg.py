@@ -11,9 +11,10 @@ decisions the real set asks of them):
 - One lower-grade glioma per patient (`num_lesions=(1, 1)`), an irregular blob of radius 8-14 % of
   the slice (about 20-36 px at 256): 500-3000 px on the slices that cut its middle, as the real
   FLAIR abnormalities (a few % of a 256x256 slice), smaller at its ends.
-- Thick slices: each patient is a 3D phantom whose slices are `slice_spacing` (5) times thicker than
-  the in-plane pixels (kaggle_3m: ~0.9 mm pixels, 2.5-5 mm slices), so the tumour spans about a third
-  of the slices and the rest are tumour-free, as in kaggle_3m (1373 of 3929 slices have tumour). A
+- Thick slices: each patient is a 3D phantom of a 240 mm field of view with `slice_thickness` mm
+  slices (6 mm: 24 slices cover the brain; kaggle_3m: ~0.9 mm pixels, 2.5-5 mm slices, 20-88 of
+  them), so the tumour spans about a third of the slices at any `size` and the rest are tumour-free,
+  as in kaggle_3m (1373 of 3929 slices have tumour). A
   recipe must therefore keep empty slices empty (per-subject 3D Dice punishes false positives there)
   rather than only outline a tumour it is sure to find.
 - Contrast per channel as the three sequences stored as RGB: the tumour is bright on FLAIR (green,
@@ -36,7 +37,7 @@ from lesionseg.synthetic.phantom import phantom
 # Lesion intensity per channel (white matter = 110): pre-contrast slightly dark, FLAIR bright, post-contrast barely enhancing.
 LGG_LESION_INTENSITIES = (80.0, 170.0, 95.0)
 LESION_RADIUS = (0.08, 0.14)
-SLICE_SPACING = 5.0
+FIELD_OF_VIEW_MM = 240.0
 
 
 def write_synthetic_lgg(
@@ -45,19 +46,19 @@ def write_synthetic_lgg(
     seed: int = 0,
     n_slices: int = 12,
     size: int = 256,
-    slice_spacing: float = SLICE_SPACING,
+    slice_thickness: float = 6.0,
 ) -> Path:
     """Write phantom patients in the kaggle_3m layout under `root` (returns `root`).
 
     Each patient is one 3D phantom with one tumour, cut into `n_slices` axial RGB TIFFs (pre-contrast,
     FLAIR, post-contrast: one anatomy, the tumour's contrast per channel as `LGG_LESION_INTENSITIES`)
     with {0, 255} mask TIFFs, numbered from 1 so that lexical and numeric order differ from 10 slices
-    on, plus the root `data.csv`. Slices are `slice_spacing` times thicker than the pixels are wide.
+    on, plus the root `data.csv`. Slices are `slice_thickness` mm thick, pixels 240 mm / `size` wide.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    spacing = (1.0, 1.0, slice_spacing)
+    spacing = (1.0, 1.0, slice_thickness / (FIELD_OF_VIEW_MM / size))
     rows = []
     for index in range(n_subjects):
         patient = f"TCGA_{chr(65 + index // 26 % 26)}{chr(65 + index % 26)}_{1000 + index}"

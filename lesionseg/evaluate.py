@@ -36,6 +36,7 @@ from lesionseg.factory import load_module
 from lesionseg.inference.predictor import Predictor
 from lesionseg.inference.settings import InferenceSettings
 from lesionseg.models.measure import count_parameters
+from lesionseg.outputs import atomic_write
 from lesionseg.predict import anchor_checkpoint, chosen_postprocessing, member_configs, member_paths
 from lesionseg.summary import print_results, write_summary
 
@@ -77,7 +78,7 @@ def test_ensemble(predictor: Predictor, datamodule: Any, split: str, output_dir:
         slices = torch.arange(len(mask))
         accumulator.add([stored.subject] * len(mask), slices, torch.from_numpy(mask > 0), torch.from_numpy(np.asarray(stored.mask) > 0))
     table = accumulator.compute()
-    table.to_csv(output_dir / "test_subjects.csv", index=False)
+    atomic_write(output_dir / "test_subjects.csv", lambda file: table.to_csv(file, index=False))
     return summarize_subjects(table)
 
 
@@ -98,10 +99,10 @@ def run(app: DictConfig, overrides: list[str]) -> dict[str, Any]:
         raise UsageError(f"{paths[0]}: the {split} split of data {cfg.data.name} holds no subjects; use split=val")
     output_dir = new_output_dir(anchor_checkpoint(app, paths), requested, "evaluate")
     slice_metrics: dict[str, float] = {}
+    settings, chosen = chosen_postprocessing(app, InferenceSettings.from_config(cfg), overrides)
     if len(paths) == 1 and not app.get("run_dir"):
         subject_summary, slice_metrics, params = test_one(paths[0], cfg, datamodule, split, output_dir)
     else:
-        settings, _ = chosen_postprocessing(app, InferenceSettings.from_config(cfg), overrides)
         predictor = Predictor.from_checkpoints(paths, configs, settings, "auto")
         subject_summary = test_ensemble(predictor, datamodule, split, output_dir)
         params = sum(count_parameters(member.net) for member in predictor.members)
@@ -117,7 +118,8 @@ def run(app: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "checkpoint": str(paths[0]),
         "checkpoints": [str(path) for path in paths],
         "overrides": [override for override in overrides if override.split("=")[0] not in OWN_KEYS],
-        "inference": InferenceSettings.from_config(cfg).as_dict(),
+        "inference": settings.as_dict(),
+        "postprocessing_from": None if chosen is None else str(Path(app.run_dir) / "postprocessing.json"),
         "test": subject_summary,
         "test_slice": slice_metrics,
         "wall_time_s": time.perf_counter() - started,

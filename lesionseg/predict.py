@@ -14,7 +14,8 @@ averaged), or `run_dir=<multirun folder>` (every fold's best checkpoint; the fol
 Scans: `input=<file or folder>`, else the checkpoint's dataset cases under `data.root`
 (`cases=unlabelled`, e.g. ATLAS R2.0 `Testing/`; `cases=all` predicts every case).
 
-Writes `predictions.csv` (per scan: files, slices, lesion voxels and ml, 3D components, mean
+Writes `predictions.csv` (per scan: files, slices, lesion voxels and ml, lesions counted at the clean-up's
+connectivity (`inference.connectivity`, 26 in 3D by default), mean
 uncertainty inside the predicted lesion, classifier probability) and `predict.json`. A scan that
 cannot be read or does not fit the checkpoint's preprocessing is reported on one line naming the
 file and listed as failed; the others are still predicted; the exit code is then 2.
@@ -43,6 +44,7 @@ from lesionseg.data.scans import Scan, input_scans, layout_scans
 from lesionseg.inference.ensemble import run_members
 from lesionseg.inference.predictor import Predictor
 from lesionseg.inference.settings import InferenceSettings
+from lesionseg.outputs import atomic_write
 from lesionseg.summary import write_summary
 
 log = logging.getLogger("lesionseg.predict")
@@ -122,7 +124,7 @@ def run(app: DictConfig, overrides: list[str]) -> dict[str, Any]:
     except ValueError as error:
         raise UsageError(str(error)) from None
     rows = predictor.predict_scans(scans, output_dir, bool(app.get("save_probabilities")), report=lambda message: print(f"error: {message}", file=sys.stderr))
-    pd.DataFrame(rows).to_csv(output_dir / "predictions.csv", index=False)
+    atomic_write(output_dir / "predictions.csv", lambda file: pd.DataFrame(rows).to_csv(file, index=False))
     failed = [row for row in rows if row["status"] != "ok"]
     summary = {
         "checkpoints": [str(path) for path in paths],

@@ -13,10 +13,12 @@ The component logic is MONAI's (`KeepLargestConnectedComponent`, `RemoveSmallObj
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 from monai.transforms import KeepLargestConnectedComponent, RemoveSmallObjects
+from scipy import ndimage
 
 from lesionseg.inference.settings import InferenceSettings
 
@@ -63,5 +65,17 @@ def clean_mask(mask: np.ndarray, settings: InferenceSettings, voxel_ml: float | 
         return result if int(result.sum()) >= smallest else np.zeros_like(result)
     if smallest <= 1:
         return binary
-    kept = RemoveSmallObjects(min_size=smallest, connectivity=rank)(tensor.clone())
+    with warnings.catch_warnings():  # scikit-image >= 0.26 deprecates the min_size that MONAI passes on
+        warnings.filterwarnings("ignore", message=".*min_size.*", category=FutureWarning)
+        kept = RemoveSmallObjects(min_size=smallest, connectivity=rank)(tensor.clone())
     return np.asarray(kept[0], dtype=np.uint8)
+
+
+def count_components(mask: np.ndarray, settings: InferenceSettings) -> int:
+    """Number of lesions under the clean-up's own convention: 3D components at `inference.connectivity`
+    (26 by default) for a volume, components per slice (8 by default) for `cleanup_space: slice` or a picture."""
+    binary = np.asarray(mask) > 0
+    if binary.ndim == 3 and (settings.cleanup_space == "slice" or len(binary) == 1):
+        return sum(count_components(plane, settings) for plane in binary)
+    structure = ndimage.generate_binary_structure(binary.ndim, _rank(settings.connectivity, binary.ndim))
+    return int(ndimage.label(binary, structure=structure)[1])

@@ -40,14 +40,13 @@ import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from scipy import ndimage
 
 from lesionseg.data.cases import CaseArrays, DataError
 from lesionseg.data.preprocess import Preprocess
 from lesionseg.data.scans import Scan, input_scans, voxel_volume_ml, write_prediction, write_probabilities, write_volume_map
 from lesionseg.data.store import FLOAT16_MAX
 from lesionseg.data.validate import checked
-from lesionseg.inference.cleanup import clean_mask
+from lesionseg.inference.cleanup import clean_mask, count_components
 from lesionseg.inference.ensemble import check_members
 from lesionseg.inference.settings import InferenceSettings
 from lesionseg.module import SegmentationModule
@@ -252,7 +251,7 @@ class Predictor:
             "mask": str(mask_files[0] if len(mask_files) == 1 else mask_files[0].parent),
             "lesion_voxels": int(lesion.sum()),
             "lesion_ml": None if voxel_ml is None else float(lesion.sum()) * voxel_ml,
-            "components": int(ndimage.label(lesion)[1]),
+            "components": count_components(lesion, self.settings),
             "mean_uncertainty_in_lesion": float(result.uncertainty[lesion].mean()) if lesion.any() else float("nan"),
         }
         if save_probabilities:

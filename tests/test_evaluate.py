@@ -19,6 +19,8 @@ def trained_run(tiny_run: dict) -> dict:
     return tiny_run
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_evaluate_reproduces_the_test_stage_from_the_checkpoint(trained_run: dict, tmp_path: Path) -> None:
     out = tmp_path / "evaluation"
     result = evaluate([f"ckpt_path={trained_run['best_checkpoint']}", f"output_dir={out}"])
@@ -33,6 +35,8 @@ def test_evaluate_reproduces_the_test_stage_from_the_checkpoint(trained_run: dic
     assert subjects["subject"].tolist() == original["subject"].tolist()
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_evaluate_on_the_validation_split_with_an_override(trained_run: dict, tmp_path: Path) -> None:
     result = evaluate([f"ckpt_path={trained_run['last_checkpoint']}", "split=val", "inference.tta_flips=[[3]]", f"output_dir={tmp_path / 'val'}"])
     assert result["split"] == "val" and result["overrides"] == ["inference.tta_flips=[[3]]"]
@@ -40,6 +44,8 @@ def test_evaluate_on_the_validation_split_with_an_override(trained_run: dict, tm
     assert sorted(pd.read_csv(tmp_path / "val" / "test_subjects.csv")["subject"]) == sorted(val_subjects)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_evaluate_refuses_bad_input(trained_run: dict, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="checkpoint file not found: /nonexistent.ckpt"):
         evaluate(["ckpt_path=/nonexistent.ckpt"])
@@ -57,6 +63,8 @@ def test_evaluate_refuses_bad_input(trained_run: dict, tmp_path: Path) -> None:
         evaluate(["split=val"])
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_compare_reads_a_real_run_once_even_after_its_checkpoint_was_evaluated(trained_run: dict, tmp_path: Path) -> None:
     from lesionseg.compare import compare
 
@@ -69,6 +77,8 @@ def test_compare_reads_a_real_run_once_even_after_its_checkpoint_was_evaluated(t
     assert table.loc[0, "n"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_compare_reads_evaluations_written_outside_their_runs(trained_run: dict, tmp_path: Path) -> None:
     from lesionseg.compare import compare
 

@@ -24,6 +24,8 @@ from lesionseg.predict import predict
 FULL = np.ones((3, 3, 3), dtype=bool)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 @pytest.mark.parametrize("entry", ["predict", "evaluate"])
 def test_a_typo_in_an_override_exits_2_naming_the_key_and_the_closest_one(tiny_run: dict, entry: str, monkeypatch, capsys) -> None:
     module = __import__(f"lesionseg.{entry}", fromlist=["main"])
@@ -35,6 +37,8 @@ def test_a_typo_in_an_override_exits_2_naming_the_key_and_the_closest_one(tiny_r
     assert errors == ["error: unknown key 'inference.min_sise' (did you mean inference.min_size?)"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_a_data_group_override_swaps_the_dataset_and_keeps_the_checkpoints_preprocessing(tiny_run: dict, tmp_path: Path) -> None:
     # The synthetic data is written in the ATLAS R2.0 layout: data=atlas reads the same subjects, split the same way.
     atlas_root = _testing_images(tiny_run)[0].parents[5]
@@ -44,6 +48,8 @@ def test_a_data_group_override_swaps_the_dataset_and_keeps_the_checkpoints_prepr
         assert result["test"][name] == pytest.approx(tiny_run["test"][name], abs=1e-9)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_an_ensemble_of_two_checkpoints_averages_their_probabilities(tiny_run: dict, second_checkpoint: Path) -> None:
     rng = np.random.default_rng(0)
     image = (rng.random((3, 1, 64, 64)) * 1.5).astype(np.float32)
@@ -102,6 +108,8 @@ def test_postprocess_select_keeps_an_option_where_it_helps_and_drops_it_where_it
     assert not keep_largest["accepted"] and result["chosen"]["min_size"] == 5
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_predict_refuses_an_undersized_scan_alone_and_predicts_the_rest(tiny_run: dict, tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -125,6 +133,8 @@ def _testing_images(tiny_run: dict) -> list[Path]:
     return sorted(cache.rglob("Testing/**/*_T1w.nii.gz"))
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_predicted_masks_reproduce_every_test_stage_metric(tiny_run: dict, tmp_path: Path) -> None:
     # The synthetic T1w intensities are integers / 100: not representable in float16, as the slice store holds them.
     image = nib.load(_testing_images(tiny_run)[0]).get_fdata(dtype=np.float32) / 100
@@ -142,6 +152,8 @@ def test_predicted_masks_reproduce_every_test_stage_metric(tiny_run: dict, tmp_p
             assert metrics[name] == pytest.approx(getattr(row, name), abs=1e-9), (row.subject, name)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_predict_on_a_multirun_folder_ensembles_its_folds_and_applies_the_chosen_postprocessing(
     tiny_run: dict, second_checkpoint: Path, tmp_path: Path
 ) -> None:

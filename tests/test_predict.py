@@ -61,6 +61,8 @@ def test_restore_undoes_crop_pad_and_resize() -> None:
     assert probabilities.shape == (3, 1, 256, 256) and np.allclose(probabilities, 0.25)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_predicts_unlabelled_testing_subjects_as_nifti_in_the_scan_geometry(trained_run: dict, tmp_path: Path) -> None:
     out = tmp_path / "pred"
     summary = predict([f"ckpt_path={trained_run['best_checkpoint']}", f"output_dir={out}", "save_probabilities=true"])
@@ -83,6 +85,8 @@ def test_predicts_unlabelled_testing_subjects_as_nifti_in_the_scan_geometry(trai
     assert json.loads((out / "predict.json").read_text())["model"] == "unet_small"
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_predicts_2d_pictures_and_reports_a_bad_file_without_losing_the_others(trained_run: dict, tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -101,6 +105,8 @@ def test_predicts_2d_pictures_and_reports_a_bad_file_without_losing_the_others(t
     assert written.shape == (50, 60) and set(np.unique(written)) <= {0, 255}
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
 def test_bad_requests_fail_with_one_line_and_leave_folders_alone(trained_run: dict, tmp_path: Path) -> None:
     ckpt = f"ckpt_path={trained_run['best_checkpoint']}"
     with pytest.raises(DataError, match="input not found"):

@@ -2,35 +2,20 @@
 
 `SegmentationModule` wraps any `nn.Module` that follows the model contract (logits `(B, K, H, W)`,
 or a dict with `seg` and `cls` logits for models with a lesion classifier). K = 1 is a binary
-lesion mask (sigmoid, threshold), K > 1 a softmax over classes (argmax). Slice-level torchmetrics
-are logged for monitoring; the test stage also reassembles every subject's slices into its volume
+lesion mask (sigmoid, threshold), K > 1 a softmax over classes (argmax). Slice-level pixel metrics
+(`lesionseg.slice_metrics`, from torchmetrics' stat scores) are logged for monitoring; the test stage also reassembles every subject's slices into its volume
 and reports per-subject 3D metrics averaged over subjects, which are the numbers to quote.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import pandas as pd
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryF1Score,
-    BinaryJaccardIndex,
-    BinaryPrecision,
-    BinaryRecall,
-    BinarySpecificity,
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassJaccardIndex,
-    MulticlassPrecision,
-    MulticlassRecall,
-    MulticlassSpecificity,
-)
 
 from lesionseg.data.grid import predict_in_grid
 from lesionseg.evaluation import SubjectAccumulator, summarize_subjects
@@ -38,36 +23,10 @@ from lesionseg.inference.cleanup import clean_mask
 from lesionseg.inference.settings import InferenceSettings
 from lesionseg.inference.tta import flip_tta
 from lesionseg.optim import build_optimizer
+from lesionseg.slice_metrics import SliceMetrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
-
-
-def slice_metrics(num_classes: int) -> MetricCollection:
-    """Pixel-level Dice (F1), IoU, precision, recall, specificity and accuracy over an epoch."""
-    if num_classes == 1:
-        return MetricCollection(
-            {
-                "dice": BinaryF1Score(),
-                "iou": BinaryJaccardIndex(),
-                "precision": BinaryPrecision(),
-                "recall": BinaryRecall(),
-                "specificity": BinarySpecificity(),
-                "accuracy": BinaryAccuracy(),
-            }
-        )
-    # Macro average over classes; the per-subject 3D metrics of the test stage score the foreground.
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "average": "macro"}
-    return MetricCollection(
-        {
-            "dice": MulticlassF1Score(**kwargs),
-            "iou": MulticlassJaccardIndex(**kwargs),
-            "precision": MulticlassPrecision(**kwargs),
-            "recall": MulticlassRecall(**kwargs),
-            "specificity": MulticlassSpecificity(**kwargs),
-            "accuracy": MulticlassAccuracy(**kwargs),
-        }
-    )
 
 
 def split_output(output: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -110,7 +69,8 @@ class SegmentationModule(L.LightningModule):
         self.cls_loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
         self.channels_last = channels_last
         self.run_config = run_config
-        self.metrics = nn.ModuleDict({f"{stage}_": slice_metrics(num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")})
+        # Macro average over classes when K > 1; the per-subject 3D metrics of the test stage score the foreground.
+        self.metrics = nn.ModuleDict({f"{stage}_": SliceMetrics(num_classes) for stage in ("train", "val", "test")})
         self.test_subjects = SubjectAccumulator()
         self.test_subject_table: pd.DataFrame | None = None
         self.test_subject_summary: dict[str, float] = {}
@@ -175,16 +135,14 @@ class SegmentationModule(L.LightningModule):
             self.log(f"{stage}/cls_loss", cls_loss, on_step=False, on_epoch=True, batch_size=len(image), sync_dist=True)
             loss = loss + self.cls_loss_weight * cls_loss
         prediction = self.predict_mask(seg_logits, refine=inference, cls_logits=cls_logits)
-        metrics = self.metrics[f"{stage}_"]
         on_step = stage == "train"
-        # Training logs each batch's values too (`train/dice_step`, from the metrics' forward, which
-        # also accumulates) beside the epoch values (`train/dice_epoch`); val/test log per epoch.
-        # Lightning computes, syncs across ranks and resets the metric objects at epoch end.
+        # Training logs each batch's scores too (`train/dice_step`, from the metric's forward, which
+        # also accumulates) beside the epoch's (`train/dice_epoch`, logged by `log_epoch_metrics`).
         if on_step:
-            metrics(prediction, mask)
+            batch_scores = self.stage_metrics(stage)(prediction, mask)
+            self.log_dict({f"train/{name}_step": value for name, value in batch_scores.items()}, on_step=True, on_epoch=False, batch_size=len(image))
         else:
-            metrics.update(prediction, mask)
-        self.log_dict(metrics, on_step=on_step, on_epoch=True, prog_bar=stage == "val", batch_size=len(image))
+            self.stage_metrics(stage).update(prediction, mask)
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(image), sync_dist=True)
         return loss, prediction, seg_logits
 
@@ -224,10 +182,31 @@ class SegmentationModule(L.LightningModule):
         return output
 
     # ---------------------------------------------------------------- epoch ends
+    def stage_metrics(self, stage: str) -> SliceMetrics:
+        """The slice metrics of `stage` (train, val or test)."""
+        return cast(SliceMetrics, self.metrics[f"{stage}_"])
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        """The epoch's slice metrics (synced across ranks by torchmetrics), then a fresh count for the next epoch.
+
+        Named `train/<metric>_epoch` beside the per-step `train/<metric>_step`, `val/<metric>` and `test/<metric>`.
+        """
+        metrics = self.stage_metrics(stage)
+        suffix = "_epoch" if stage == "train" else ""
+        self.log_dict({f"{stage}/{name}{suffix}": value for name, value in metrics.compute().items()}, prog_bar=stage == "val")
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_metrics("val")
+
     def on_test_epoch_start(self) -> None:
         self.test_subjects = SubjectAccumulator()
 
     def on_test_epoch_end(self) -> None:
+        self.log_epoch_metrics("test")
         self.test_subjects = self.cleaned_subjects(self.test_subjects.gathered())
         table = self.test_subjects.compute()
         self.test_subject_table = table

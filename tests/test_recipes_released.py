@@ -8,16 +8,37 @@ from functools import partial
 from pathlib import Path
 
 import hydra
+import lightning as L
 import pytest
 import torch
 from hydra_helpers import compose_train
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryF1Score,
+    BinaryJaccardIndex,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+    MulticlassPrecision,
+    MulticlassRecall,
+    MulticlassSpecificity,
+)
 
+from lesionseg.bench import overhead
 from lesionseg.factory import build_net
+from lesionseg.losses import Dice
 from lesionseg.models.unet import UNet, buda_state_dict
 from lesionseg.models.xnet import TRUNCATED_NORMAL_STD, XNet, keras_fans
+from lesionseg.module import SegmentationModule
 from lesionseg.optim import build_optimizer, parameter_kind
+from lesionseg.slice_metrics import SCORES, SliceMetrics
 
 
 class Small(nn.Module):
@@ -215,3 +236,67 @@ def test_unet_lgg_uses_budas_concat_order_and_his_parameter_count(tmp_path: Path
 def test_buda_state_dict_names_a_key_it_does_not_know() -> None:
     with pytest.raises(ValueError, match="not a key of Buda's U-Net: 'encoder1.extra.weight'"):
         buda_state_dict({"encoder1.extra.weight": torch.zeros(1)})
+
+
+# ---------------------------------------------------------------- the training step's slice metrics
+def torchmetrics_reference(num_classes: int) -> MetricCollection:
+    """The six torchmetrics objects the module used to update on every step."""
+    if num_classes == 1:
+        classes = (BinaryF1Score, BinaryJaccardIndex, BinaryPrecision, BinaryRecall, BinarySpecificity, BinaryAccuracy)
+        return MetricCollection(dict(zip(SCORES, (metric() for metric in classes))))
+    classes = (MulticlassF1Score, MulticlassJaccardIndex, MulticlassPrecision, MulticlassRecall, MulticlassSpecificity, MulticlassAccuracy)
+    return MetricCollection(dict(zip(SCORES, (metric(num_classes=num_classes, average="macro") for metric in classes))))
+
+
+@pytest.mark.parametrize("num_classes", [1, 4])
+def test_slice_metrics_from_one_count_equal_torchmetrics_six_metrics(num_classes: int) -> None:
+    torch.manual_seed(0)
+    ours, reference = SliceMetrics(num_classes), torchmetrics_reference(num_classes)
+    high = max(num_classes, 2)
+    batches = [(torch.randint(0, high, (3, 16, 16)), torch.randint(0, high, (3, 16, 16))) for _ in range(3)]
+    batches.append((torch.zeros(2, 16, 16, dtype=torch.long), torch.zeros(2, 16, 16, dtype=torch.long)))  # nothing to find
+    if num_classes > 1:
+        batches.append((torch.randint(0, 2, (2, 16, 16)), torch.randint(0, 2, (2, 16, 16))))  # classes 2, 3 absent
+    for prediction, target in batches:
+        step, expected_step = ours(prediction, target), reference(prediction, target)
+        for name in SCORES:
+            torch.testing.assert_close(step[name], expected_step[name].float(), msg=name)
+    epoch, expected = ours.compute(), reference.compute()
+    for name in SCORES:
+        torch.testing.assert_close(epoch[name], expected[name].float(), msg=name)
+
+
+def test_training_logs_step_and_epoch_metrics_and_validation_per_epoch(tmp_path: Path) -> None:
+    """The names the loggers and summary.json read: train/<m>_step, train/<m>_epoch, val/<m>."""
+    module = SegmentationModule(net=nn.Conv2d(1, 1, 3, padding=1), loss=Dice(num_classes=1), optimizer=partial(torch.optim.SGD, lr=0.1))
+    batch = {"image": torch.randn(2, 1, 8, 8), "mask": (torch.rand(2, 8, 8) > 0.5).long()}
+    loader = DataLoader([batch] * 3, batch_size=None)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    logged = set(trainer.logged_metrics)
+    assert {f"train/{name}_step" for name in SCORES} | {f"train/{name}_epoch" for name in SCORES} | {f"val/{name}" for name in SCORES} <= logged
+    with torch.no_grad():  # the last validation ran with the final weights, on three copies of `batch`
+        prediction = module.predict_mask(module.eval()(batch["image"]))
+    assert float(trainer.callback_metrics["val/dice"]) == pytest.approx(float(BinaryF1Score()(prediction, batch["mask"])))
+
+
+# ---------------------------------------------------------------- the framework's overhead
+def test_overhead_bench_runs_both_loops_interleaved_on_tiny_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overhead.main(
+        [
+            "--steps=2",
+            "--warmup=1",
+            "--rounds=2",
+            "model.base_channels=4",
+            "data.batch_size=2",
+            "data.num_training=3",
+            "data.num_folds=2",
+            "data.test_fraction=0.0",
+            "data.num_testing=0",
+            "data.volume_shape=[24,24,6]",
+            f"data.root={tmp_path / 'data'}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "round 1/2: bare" in out and "round 2/2: bare" in out
+    assert "SegmentationModule + Trainer" in out and "bare PyTorch" in out

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 SUBCOMMANDS = {
     "models": "lesionseg.bench.models",
     "data": "lesionseg.bench.data",
+    "overhead": "lesionseg.bench.overhead",
 }
 
 

@@ -10,7 +10,7 @@ Trust model (a checkpoint is shared data, never code):
   (code) is refused with one line naming the file, before anything of it runs. Lightning's resume
   path reads through `SafeCheckpointIO`, which forces the same.
 - The stored config may only name `_target_`s that the project's own `conf/` tree names, or
-  `lesionseg.*` classes that are torch modules (networks, losses); any other target (e.g.
+  torch-module classes of `lesionseg.models.*` / `lesionseg.losses` (networks, losses); any other target (e.g.
   `pathlib.Path.write_text`, or a `lesionseg.*` function that writes files) and any unresolved
   interpolation are refused with one line naming the key and the target, before anything is
   instantiated. The stored config is checked rather than re-composed from `conf/`: it is the exact
@@ -89,9 +89,12 @@ def _items(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
 
 
 def _is_project_module_class(target: str) -> bool:
-    """A `lesionseg.*` class that is a torch module (a network or loss): safe to construct from data."""
+    """A class of `lesionseg.models.*` or `lesionseg.losses` that is a torch module: safe to construct from data.
+
+    Only those packages are imported (an entry point's `__main__` must never run because a file names it).
+    """
     module_name, _, attribute = target.rpartition(".")
-    if not module_name.startswith("lesionseg."):
+    if not (module_name == "lesionseg.losses" or module_name.startswith("lesionseg.models.")) or "__main__" in module_name:
         return False
     try:
         value = getattr(importlib.import_module(module_name), attribute)

@@ -98,6 +98,8 @@ def test_load_checkpoint_refuses_pickled_objects_and_foreign_targets(hostile: di
         ("loss", {"_target_": "lesionseg.outputs.atomic_write_text", "path": "/tmp/x", "text": "y"}, False),  # a lesionseg function that writes files
         ("optimizer", {"_target_": "builtins.eval", "_args_": ["1"]}, False),
         ("data.layout", {"_target_": "numpy.load", "file": "x.npy", "allow_pickle": True}, False),
+        ("model", {"_target_": "lesionseg.bench.__main__.main"}, False),  # an entry point must never run
+        ("model", {"_target_": "lesionseg.models.blocks.ConvBNReLU", "in_channels": 1, "out_channels": 2}, True),  # a project network class
         ("loss", {"_target_": "lesionseg.losses.DiceCE"}, True),  # named by conf/loss
         ("loss", {"_target_": "lesionseg.losses.Focal", "gamma": 2.0}, True),
     ],

@@ -158,7 +158,7 @@ class MaskSetLoss(nn.Module):
         height, width = final.mask_logits.shape[-2:]
         stride = output["mask_stride"]
         segments = semantic_segments(target, self.num_classes, (height * stride, width * stride))
-        num_masks = max(sum(len(labels) for labels in segments.labels), 1)
+        num_masks = segments_per_process(sum(len(labels) for labels in segments.labels), final.class_logits.device)
         total = final.class_logits.new_zeros((), dtype=torch.float32)
         for prediction in (final, *earlier, output["interm"]):
             total = total + self.prediction_loss(prediction, segments, self.matcher(prediction, segments), num_masks)
@@ -169,7 +169,7 @@ class MaskSetLoss(nn.Module):
                 total = total + self.prediction_loss(prediction, segments, indices, num_masks * denoised.groups)
         return total
 
-    def prediction_loss(self, prediction: Prediction, segments: Segments, indices: Indices, num_masks: int) -> torch.Tensor:
+    def prediction_loss(self, prediction: Prediction, segments: Segments, indices: Indices, num_masks: float) -> torch.Tensor:
         """Weighted class CE over all queries plus mask BCE and Dice over the matched ones."""
         class_logits, mask_logits = prediction.class_logits.float(), prediction.mask_logits
         device = class_logits.device
@@ -190,6 +190,15 @@ class MaskSetLoss(nn.Module):
         probabilities = point_logits.sigmoid()
         dice = 1 - (2 * (probabilities * point_labels).sum(-1) + 1) / (probabilities.sum(-1) + point_labels.sum(-1) + 1)
         return self.class_weight * class_loss + self.mask_weight * mask_loss + self.dice_weight * dice.sum() / num_masks
+
+
+def segments_per_process(count: int, device: torch.device) -> float:
+    """The loss normaliser: segments per process averaged over all processes (Mask2Former), at least 1."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        total = torch.tensor(float(count), device=device)
+        torch.distributed.all_reduce(total)
+        return max(total.item() / torch.distributed.get_world_size(), 1.0)
+    return max(float(count), 1.0)
 
 
 def denoising_indices(segments: Segments, groups: int, size: int) -> Indices:

@@ -12,7 +12,7 @@ from hydra_helpers import compose_train
 from omegaconf import DictConfig, OmegaConf
 
 from lesionseg.factory import build_module, build_net
-from lesionseg.mask_set_loss import HungarianMatcher, MaskSetLoss, semantic_segments
+from lesionseg.mask_set_loss import HungarianMatcher, MaskSetLoss, segments_per_process, semantic_segments
 from lesionseg.models.maskdino import MaskDINO, Prediction, Segments, attention_mask, box_mask_logits, segment_boxes
 from lesionseg.optim import build_optimizer
 from lesionseg.train import train
@@ -157,6 +157,15 @@ def test_set_loss_without_any_segment_is_finite() -> None:
     loss = criterion.prediction_loss(prediction, empty, criterion.matcher(prediction, empty), num_masks=1)
     loss.backward()
     assert torch.isfinite(loss) and prediction.mask_logits.grad is not None
+
+
+def test_loss_normaliser_averages_the_segments_over_processes(tmp_path) -> None:
+    assert segments_per_process(0, torch.device("cpu")) == 1.0  # never divides by zero
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        assert segments_per_process(3, torch.device("cpu")) == 3.0
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_eval_logits_are_scored_with_dice_ce() -> None:

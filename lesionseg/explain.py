@@ -53,7 +53,7 @@ def check_keys(arguments: Sequence[str]) -> None:
             raise UsageError(f"unknown key '{key}' in '{argument}'; see conf/explain.yaml")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="explain")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="explain")
 def run(cfg: DictConfig) -> None:
     try:
         try:

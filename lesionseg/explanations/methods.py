@@ -3,7 +3,7 @@
 - `gradcam`, `gradcampp`: pytorch-grad-cam's `GradCAM` / `GradCAMPlusPlus` at the member's target
   layer, upsampled to the slice size and min-max scaled per slice by the library.
 - `lime`: `lime_image` with SLIC superpixels (`lime.wrappers.scikit_image`), a fixed seed, and a
-  classifier function giving the soft Dice of the perturbed prediction against the explained target;
+  classifier function giving the perturbed prediction's lesion score inside the explained mask (see `targets`);
   the map is the superpixels' positive weights (scaled by the largest).
 - `occlusion`: Captum's `Occlusion` (a square window slid with a stride, replaced by 0 = background
   after the checkpoint's normalisation) on the same score; positive part, scaled by the largest.

@@ -2,8 +2,8 @@
 
 - ROAD (Rong et al., ICML 2022, pytorch-grad-cam's `ROADMostRelevantFirstAverage` /
   `ROADLeastRelevantFirstAverage`): pixels are removed by noisy linear imputation in order of the
-  map, at each of `percentiles`, and the change of the target score (soft Dice of the prediction
-  against the explained mask) is averaged. `road_morf` (most relevant removed first: lower, i.e. a
+  map, at each of `percentiles`, and the change of the lesion score (mean lesion probability inside
+  the explained mask) is averaged. `road_morf` (most relevant removed first: lower, i.e. a
   faster drop, is more faithful), `road_lerf` (least relevant first: nearer 0 is better) and
   `road_combined` = (lerf - morf) / 2 (higher is better; ~0 for an uninformative map). Ties in a map
   are broken by a seeded random order, so a flat region does not remove everything at once.

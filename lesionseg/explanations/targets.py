@@ -3,8 +3,9 @@
 Segmentation output: the model's own predicted lesion mask. Gradient methods (Grad-CAM, Grad-CAM++)
 backpropagate the lesion logit summed over that mask (pytorch-grad-cam's
 `SemanticSegmentationTarget`); perturbation methods (LIME, occlusion) and the ROAD score measure how
-well the perturbed prediction still matches it, as the soft Dice between the lesion probability and
-the mask. **Fallback**: when a scan's prediction is empty there is no mask to explain, so the target
+much of the prediction survives a perturbation as the lesion score: the mean lesion probability
+inside the original mask (a score against the original mask, in 0..1; soft Dice was tried and is
+dominated by the diffuse low probabilities of a briefly trained model far from the lesion). **Fallback**: when a scan's prediction is empty there is no mask to explain, so the target
 becomes the soft lesion probability map (the same formulas with the probabilities as weights), on
 the slices with the largest probability mass; rows and figures say `target=probability`.
 `cls` output: the classifier's lesion logit (gradients) and probability (perturbations).
@@ -47,9 +48,7 @@ class Target:
         else:
             probability = torch.sigmoid(batched[:, self.category])
         weights = torch.from_numpy(self.weights.astype(np.float32)).to(probability.device)
-        overlap = (probability * weights).flatten(1).sum(dim=1)
-        total = probability.flatten(1).sum(dim=1) + weights.sum()
-        scores = 2 * overlap / total.clamp_min(1e-6)
+        scores = (probability * weights).flatten(1).sum(dim=1) / weights.sum().clamp_min(1e-6)
         return scores if output.ndim == batched.ndim else scores[0]
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@ backpropagate the lesion logit summed over that mask (pytorch-grad-cam's
 `SemanticSegmentationTarget`); perturbation methods (LIME, occlusion) and the ROAD score measure how
 much of the prediction survives a perturbation as the lesion score: the mean lesion probability
 inside the original mask (a score against the original mask, in 0..1; soft Dice was tried and is
-dominated by the diffuse low probabilities of a briefly trained model far from the lesion). **Fallback**: when a scan's prediction is empty there is no mask to explain, so the target
-becomes the soft lesion probability map (the same formulas with the probabilities as weights), on
+dominated by the diffuse low probabilities of a briefly trained model far from the lesion).
+
+**Fallback**: when a scan's prediction is empty there is no mask to explain, so the target becomes the soft lesion probability map (the same formulas with the probabilities as weights), on
 the slices with the largest probability mass; rows and figures say `target=probability`.
 `cls` output: the classifier's lesion logit (gradients) and probability (perturbations).
 """

@@ -7,8 +7,9 @@ much of the prediction survives a perturbation as the lesion score: the mean les
 inside the original mask (a score against the original mask, in 0..1; soft Dice was tried and is
 dominated by the diffuse low probabilities of a briefly trained model far from the lesion).
 
-**Fallback**: when a scan's prediction is empty there is no mask to explain, so the target becomes the soft lesion probability map (the same formulas with the probabilities as weights), on
-the slices with the largest probability mass; rows and figures say `target=probability`.
+**Fallback**: when a scan's prediction is empty there is no mask to explain, so the target becomes
+the soft lesion probability map (the same formulas with the probabilities as weights), on the
+slices with the largest probability mass; rows and figures say `target=probability`.
 `cls` output: the classifier's lesion logit (gradients) and probability (perturbations).
 """
 

@@ -204,3 +204,13 @@ def test_the_checkpoint_config_takes_only_what_the_command_line_names() -> None:
         apply("model=xnet")
     with pytest.raises(UsageError, match=r"unknown key 'data.num_training' in the config of old.ckpt"):
         apply("data.num_training=3")  # a synthetic-only key: composes, but this checkpoint's data has no such key
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker trains the shared run
+def test_evaluating_an_ensemble_of_one_checkpoint_twice_reproduces_the_test_stage(tiny_run: dict, tmp_path: Path) -> None:
+    best = tiny_run["best_checkpoint"]
+    result = evaluate([f"ckpt_path=[{best},{best}]", f"output_dir={tmp_path / 'twice'}"])
+    assert len(result["checkpoints"]) == 2
+    for name in METRIC_NAMES:
+        assert result["test"][name] == pytest.approx(tiny_run["test"][name], rel=1e-6, abs=1e-9, nan_ok=True), name  # summary.json went through float32 logging

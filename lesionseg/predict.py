@@ -91,9 +91,11 @@ def anchor_checkpoint(app: DictConfig, paths: list[Path]) -> Path:
     return Path(app.run_dir) / "checkpoints" / "ensemble" if app.get("run_dir") else paths[0]
 
 
-def find_scans(app: DictConfig, cfg: DictConfig) -> list[Scan]:
+def find_scans(app: DictConfig, cfg: DictConfig, overrides: list[str]) -> list[Scan]:
     """The scans named by `input=`, else the checkpoint's dataset cases under `data.root`."""
     if app.get("input"):
+        if any(override.split("=")[0] == "cases" for override in overrides):
+            raise UsageError("give input=<scans> or cases=unlabelled|all (with data.root), not both")
         return input_scans(Path(app.input), cfg.data.in_channels)
     which = app.get("cases") or "unlabelled"
     if which not in CASE_CHOICES:
@@ -116,7 +118,7 @@ def run(app: DictConfig, overrides: list[str]) -> dict[str, Any]:
     except ValueError as error:
         raise UsageError(str(error)) from None
     settings, chosen = chosen_postprocessing(app, settings, overrides)
-    scans = find_scans(app, cfg)
+    scans = find_scans(app, cfg, overrides)
     requested = Path(app.output_dir).expanduser() if app.get("output_dir") else None
     output_dir = new_output_dir(anchor_checkpoint(app, paths), requested, "predict")
     try:

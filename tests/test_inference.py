@@ -121,7 +121,7 @@ def test_predict_refuses_an_undersized_scan_alone_and_predicts_the_rest(tiny_run
     summary = predict([f"ckpt_path={tiny_run['best_checkpoint']}", f"input={scans}", f"output_dir={out}", "data.preprocess.crop=[[0,60],[0,60]]"])
     assert summary["scans"] == 2 and summary["failed"] == 1
     table = pd.read_csv(out / "predictions.csv").set_index("subject")
-    assert table.loc["good", "status"] == "ok"
+    assert table.loc["good", "status"] == "ok" and table.loc["good", "model_region"] == "rows 0:60, cols 0:60 of 64x64 slices"
     assert table.loc["small", "status"].startswith(f"failed: {scans / 'small.nii.gz'}: slices of 40x40 are smaller than the checkpoint's crop")
     assert nib.load(out / "good_mask.nii.gz").shape == small.shape
 

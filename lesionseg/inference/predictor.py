@@ -24,8 +24,9 @@ Uncertainty is the predictive entropy of the mean class probabilities, normalise
 
 Geometry rule: with a `preprocess.crop`, a scan whose slices are smaller than the crop's extent is
 refused with one line naming the file, its size and the size needed (resample it to the training
-grid first); larger slices are cropped at the trained offsets. `target_size` pads/centre-crops or
-resizes any size, as in training.
+grid first); larger slices are cropped at the trained offsets, and `predictions.csv` says so
+(`model_region`: the rows and columns the model saw). `target_size` pads/centre-crops or resizes any
+size, as in training.
 """
 
 from __future__ import annotations
@@ -254,6 +255,10 @@ class Predictor:
             "components": count_components(lesion, self.settings),
             "mean_uncertainty_in_lesion": float(result.uncertainty[lesion].mean()) if lesion.any() else float("nan"),
         }
+        crop = self.preprocess.crop
+        if crop is not None:  # what the model saw; outside it the mask is empty by construction
+            height, width = result.mask.shape[-2:]
+            row["model_region"] = f"rows {crop[0][0]}:{crop[0][1]}, cols {crop[1][0]}:{crop[1][1]} of {height}x{width} slices"
         if save_probabilities:
             write_probabilities(scan, result.probabilities, folder)
             if scan.is_volume:

@@ -9,8 +9,10 @@ Trust model (a checkpoint is shared data, never code):
 - Every read is `torch.load(weights_only=True)`: tensors and plain containers only; a pickled object
   (code) is refused with one line naming the file, before anything of it runs. Lightning's resume
   path reads through `SafeCheckpointIO`, which forces the same.
-- The stored config may only name `_target_`s that the project's own `conf/` tree names, or
-  torch-module classes of `lesionseg.models.*` / `lesionseg.losses` (networks, losses); any other target (e.g.
+- The stored config may only name `_target_`s that the project's own `conf/` tree names, classes
+  of the modules those targets come from (another Lightning callback, torch optimizer, albumentations
+  transform, as a command line may name), or torch-module classes of `lesionseg.models.*` /
+  `lesionseg.losses` (networks, losses); any other target (e.g.
   `pathlib.Path.write_text`, or a `lesionseg.*` function that writes files) and any unresolved
   interpolation are refused with one line naming the key and the target, before anything is
   instantiated. The stored config is checked rather than re-composed from `conf/`: it is the exact
@@ -88,19 +90,24 @@ def _items(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
         yield prefix, node
 
 
-def _is_project_module_class(target: str) -> bool:
-    """A class of `lesionseg.models.*` or `lesionseg.losses` that is a torch module: safe to construct from data.
+def _is_allowed_class(target: str) -> bool:
+    """A class from a module the project's config tree already draws targets from (another Lightning
+    callback, torch optimizer or albumentations transform, as a run may name on its command line), or a
+    torch-module class of `lesionseg.models.*` / `lesionseg.losses` (a network or loss).
 
-    Only those packages are imported (an entry point's `__main__` must never run because a file names it).
+    Functions must be named by `conf/` itself; no other module is imported because a file names it
+    (an entry point's `__main__` must never run).
     """
     module_name, _, attribute = target.rpartition(".")
-    if not (module_name == "lesionseg.losses" or module_name.startswith("lesionseg.models.")) or "__main__" in module_name:
+    families = {name.rpartition(".")[0] for name in project_targets()}
+    network = module_name == "lesionseg.losses" or module_name.startswith("lesionseg.models.")
+    if "__main__" in module_name or not (module_name in families or network) or attribute.startswith("_"):
         return False
     try:
         value = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError):
         return False
-    return isinstance(value, type) and issubclass(value, torch.nn.Module)
+    return isinstance(value, type) and (module_name in families or issubclass(value, torch.nn.Module))
 
 
 def check_config_targets(config: Any, source: Path | str) -> None:
@@ -112,7 +119,7 @@ def check_config_targets(config: Any, source: Path | str) -> None:
     for key, value in _items(config, ""):
         if key.rsplit(".", 1)[-1] == "_target_":
             hydra_own = key.startswith("hydra.") and isinstance(value, str) and value.startswith(HYDRA_PLUGIN_PREFIXES)
-            if not isinstance(value, str) or not (value in allowed or hydra_own or _is_project_module_class(value)):
+            if not isinstance(value, str) or not (value in allowed or hydra_own or _is_allowed_class(value)):
                 raise UsageError(
                     f"{source}: refused: stored config key {key} names target {value!r}, which the project's conf/ tree does not name (checkpoints are data)"
                 )

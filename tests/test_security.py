@@ -100,6 +100,8 @@ def test_load_checkpoint_refuses_pickled_objects_and_foreign_targets(hostile: di
         ("data.layout", {"_target_": "numpy.load", "file": "x.npy", "allow_pickle": True}, False),
         ("model", {"_target_": "lesionseg.bench.__main__.main"}, False),  # an entry point must never run
         ("model", {"_target_": "lesionseg.models.blocks.ConvBNReLU", "in_channels": 1, "out_channels": 2}, True),  # a project network class
+        ("augment", {"_target_": "albumentations.save", "filepath": "/tmp/x"}, False),  # a function that writes files, in a conf/ module
+        ("callbacks.progress_bar", {"_target_": "lightning.pytorch.callbacks.TQDMProgressBar"}, True),  # a class of a conf/ module
         ("loss", {"_target_": "lesionseg.losses.DiceCE"}, True),  # named by conf/loss
         ("loss", {"_target_": "lesionseg.losses.Focal", "gamma": 2.0}, True),
     ],

@@ -35,7 +35,7 @@ METHODS = ("gradcam", "gradcampp", "lime", "occlusion", "random")
 
 @dataclass(frozen=True)
 class LimeSettings:
-    num_samples: int = 300
+    num_samples: int = 200
     n_segments: int = 60
     compactness: float = 10.0
     sigma: float = 1.0
@@ -44,8 +44,8 @@ class LimeSettings:
 
 @dataclass(frozen=True)
 class OcclusionSettings:
-    window: int = 16
-    stride: int = 8
+    window: int = 32
+    stride: int = 16
     batch_size: int = 32
 
 

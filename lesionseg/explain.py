@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lesionseg.config import CONF_DIR, UsageError, exit_on_usage_error, register_resolvers
+from lesionseg.config import CONF_DIR, UsageError, check_overrides, exit_on_usage_error, register_resolvers
 from lesionseg.data.cases import DataError
 from lesionseg.explanations.pipeline import explain
 
@@ -47,6 +47,8 @@ def check_keys(arguments: Sequence[str]) -> None:
         if not match or match.group("key").startswith("hydra."):
             continue
         key = match.group("key")
+        if (CONF_DIR / key).is_dir():  # a config group (logger=wandb), checked by check_overrides
+            continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(known, parent) if parent else known
         if not isinstance(node, DictConfig) or leaf not in node.keys():
@@ -74,6 +76,7 @@ def main() -> None:
     register_resolvers()
     arguments = list_arguments(sys.argv[1:])
     try:
+        check_overrides(arguments)
         check_keys(arguments)
     except UsageError as error:
         exit_on_usage_error(str(error))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -58,6 +59,12 @@ def test_every_model_config_has_a_working_default_layer(model: str) -> None:
         maps = compute_maps(method, explained, image, targets, MethodSettings())
         assert maps.shape == (2, 64, 48)
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    with torch.no_grad():
+        has_classifier = isinstance(net(image), dict) and "cls" in net(image)
+    if has_classifier:  # models with a lesion classifier are also explained on their `cls` output
+        on_cls = [ExplainedModel(ExplainedOutput(net, "cls"), net.get_submodule(layer_name), layer_name)]
+        maps = compute_maps("gradcam", on_cls, image, [Target(weights, MASK, output="cls")] * 2, MethodSettings())
+        assert maps.shape == (2, 64, 48) and np.isfinite(maps).all()
 
 
 # ---------------------------------------------------------------- a briefly trained unet_small
@@ -75,6 +82,11 @@ TRAIN = (
     "trainer.max_epochs=6",
     "test=false",
 )
+
+
+def trained(test: Callable) -> Callable:
+    """Tests on the trained fixture: a real (short) train() run (slow), kept on one xdist worker."""
+    return pytest.mark.slow(pytest.mark.xdist_group("explain_run")(test))
 
 
 def explain_config(*overrides: str) -> DictConfig:
@@ -101,6 +113,7 @@ def held_out(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     return summary, folder
 
 
+@trained
 def test_split_writes_maps_in_the_scan_geometry_overlays_and_scores(held_out: tuple[dict, Path]) -> None:
     summary, folder = held_out
     table = pd.read_csv(folder / "explanations.csv")
@@ -119,6 +132,7 @@ def test_split_writes_maps_in_the_scan_geometry_overlays_and_scores(held_out: tu
     assert json.loads((folder / "explain.json").read_text())["layers"] == ["encoder.4"]
 
 
+@trained
 def test_grad_cam_energy_lies_in_the_lesion_and_beats_a_random_map_on_road(held_out: tuple[dict, Path]) -> None:
     _, folder = held_out
     means = pd.read_csv(folder / "explanations.csv").groupby("method").mean(numeric_only=True)
@@ -132,6 +146,7 @@ def test_grad_cam_energy_lies_in_the_lesion_and_beats_a_random_map_on_road(held_
     assert gradcam["road_combined"] > random["road_combined"]
 
 
+@trained
 def test_randomising_the_weights_changes_the_maps(held_out: tuple[dict, Path]) -> None:
     _, folder = held_out
     sanity = pd.read_csv(folder / "sanity.csv")
@@ -154,6 +169,7 @@ def lesion_picture(folder: Path) -> Path:
     return path
 
 
+@trained
 def test_2d_pictures_get_png_and_npy_maps_and_an_empty_prediction_takes_the_flagged_fallback(checkpoint: Path, tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -185,6 +201,7 @@ def test_2d_pictures_get_png_and_npy_maps_and_an_empty_prediction_takes_the_flag
         assert cv2.imread(str(out / f"{subject}_overlay.png")) is not None
 
 
+@trained
 def test_lime_with_a_fixed_seed_is_reproducible(checkpoint: Path, tmp_path: Path) -> None:
     predictor, members = load_predictor([checkpoint], "cpu", 16)
     picture = cv2.imread(str(lesion_picture(tmp_path)), cv2.IMREAD_GRAYSCALE).astype(np.float32)
@@ -208,6 +225,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arg
     return int(exited.value.code or 0), capsys.readouterr().err.strip().splitlines()
 
 
+@trained
 def test_bad_input_is_one_line_and_exit_code_2(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti volume")

@@ -119,7 +119,7 @@ def test_split_writes_maps_in_the_scan_geometry_overlays_and_scores(held_out: tu
     table = pd.read_csv(folder / "explanations.csv")
     assert summary["failed"] == 0 and summary["scans"] >= 2
     assert set(table["method"]) == {"gradcam", "gradcampp", "random"} and (table["status"] == "ok").all()
-    assert (table.loc[table["method"] == "gradcam", "layer"] == "encoder.4").all()  # recorded default layer
+    assert (table.loc[table["method"] == "gradcam", "layer"] == "decoder.1").all()  # recorded default layer
     assert not table["fallback"].any()
     for row in table.itertuples():
         source = nib.load(str(next(Path(os.environ["LESIONSEG_CACHE"]).rglob(f"{row.subject}_*T1w.nii.gz"))))
@@ -129,7 +129,7 @@ def test_split_writes_maps_in_the_scan_geometry_overlays_and_scores(held_out: tu
         explained = [int(z) for z in str(row.slices).split(";")]
         assert voxels.min() >= 0 and voxels.max() <= 1 and voxels[:, :, explained].max() > 0
         assert Path(row.overlay).is_file() and cv2.imread(row.overlay) is not None
-    assert json.loads((folder / "explain.json").read_text())["layers"] == ["encoder.4"]
+    assert json.loads((folder / "explain.json").read_text())["layers"] == ["decoder.1"]
 
 
 @trained
@@ -137,13 +137,14 @@ def test_grad_cam_energy_lies_in_the_lesion_and_beats_a_random_map_on_road(held_
     _, folder = held_out
     means = pd.read_csv(folder / "explanations.csv").groupby("method").mean(numeric_only=True)
     gradcam, random = means.loc["gradcam"], means.loc["random"]
-    # measured: energy 1.8x the lesion's area fraction (0.091 vs 0.052, 0.137 vs 0.076); random 1.0x
-    assert gradcam["energy_in_lesion"] > 1.3 * gradcam["lesion_area_fraction"]
+    # measured (2 held-out subjects): Grad-CAM energy in the lesion 2.5x its area fraction (0.093 vs 0.055,
+    # 0.235 vs 0.071); the random map 1.0x
+    assert gradcam["energy_in_lesion"] > 1.5 * gradcam["lesion_area_fraction"]
     assert random["energy_in_lesion"] < 1.2 * random["lesion_area_fraction"]
-    # measured: removing the most salient pixels first drops the lesion score 4x faster (ROAD MoRF -0.012
-    # vs -0.003 on average; -0.014/-0.003 and -0.009/-0.003 per subject), ROAD combined 0.0035 vs -0.0003
-    assert gradcam["road_morf"] < random["road_morf"] - 0.003
-    assert gradcam["road_combined"] > random["road_combined"]
+    # measured: removing the most salient pixels first drops the lesion score 20x faster than for the random
+    # map (ROAD MoRF -0.070 vs -0.003); ROAD combined 0.033 vs -0.0003
+    assert gradcam["road_morf"] < random["road_morf"] - 0.03
+    assert gradcam["road_combined"] > random["road_combined"] + 0.015
 
 
 @trained
@@ -153,7 +154,7 @@ def test_randomising_the_weights_changes_the_maps(held_out: tuple[dict, Path]) -
     assert set(sanity["method"]) == {"gradcam", "gradcampp"} and set(sanity["step"]) == {1, 2, 3}
     final = pd.read_csv(folder / "explanations.csv").dropna(subset=["sanity_ssim"])
     assert len(final) == 2 * len(set(final["subject"]))
-    assert (final["sanity_ssim"] < 0.75).all()  # measured 0.34 and 0.41 for Grad-CAM: trained and random maps differ
+    assert (final["sanity_ssim"] < 0.5).all()  # measured 0.03-0.07 (Grad-CAM), 0.19 (Grad-CAM++): the maps depend on the weights
 
 
 def lesion_picture(folder: Path) -> Path:

@@ -134,6 +134,8 @@ def test_channels_last_and_bfloat16_autocast(entry: PaperFigure) -> None:
         channels_last, _ = split_output(model(images.to(memory_format=torch.channels_last)))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             half, _ = split_output(model(images))
-    torch.testing.assert_close(channels_last, reference, rtol=1e-3, atol=1e-3)
+    # Eval-mode BatchNorm with fresh statistics normalises nothing: He-initialised nets (X-Net's Keras init)
+    # reach logits in the hundreds, where summation order alone moves the last digits.
+    torch.testing.assert_close(channels_last, reference, rtol=1e-3, atol=max(1e-3, 1e-5 * reference.abs().max().item()))
     assert half.shape == reference.shape
     assert torch.isfinite(half).all()

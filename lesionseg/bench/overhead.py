@@ -1,10 +1,11 @@
 """What the framework costs per training step (`python -m lesionseg.bench overhead [options] [overrides]`).
 
-The same network, batches, optimizer (with its parameter groups) and loss train through the
-project's `SegmentationModule` + Lightning `Trainer` and through a bare PyTorch loop (forward, loss,
-zero_grad, backward, step), interleaved in one process: each round runs both, in alternating order,
-so a machine whose load changes during the run slows both alike. It prints images/s of each, their
-ratio and the framework's overhead (1 - ratio).
+The same network (two copies of one initialisation), batches, optimizer (with its parameter groups)
+and loss train through the project's `SegmentationModule` + Lightning `Trainer` and through a bare
+PyTorch loop (forward, loss, zero_grad, backward, step), interleaved step by step in one process: a
+callback runs the bare step beside each Trainer step, before it on even batches and after it on odd
+ones, so a machine whose load changes slows both alike. It prints images/s of each, their ratio and
+the framework's overhead (1 - ratio).
 
 The batches come from the run config's training loader (default: `model=unet_small`, `data=synthetic`),
 read once into memory, so neither side pays for data loading or augmentation (`bench data` measures
@@ -15,12 +16,13 @@ checkpoints, no progress bar; a CSV logger writes the logged values every `train
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hydra
@@ -32,6 +34,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 from torch.utils.data import DataLoader
 
 from lesionseg.config import CONF_DIR, register_resolvers
@@ -74,28 +77,85 @@ def loader(batches: list[Batch]) -> DataLoader:
     return DataLoader(batches, batch_size=None, shuffle=False)  # type: ignore[arg-type]
 
 
-class StepTimer(L.Callback):
-    """Seconds from the start of training batch `warmup` to the end of the last batch."""
+class BareLoop:
+    """The same training step without the framework, on a copy of the module's network: forward, loss,
+    zero_grad, backward, optimizer step (the run's optimizer config, parameter groups included)."""
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-        self.start = self.end = 0.0
+    def __init__(self, cfg: DictConfig, module: SegmentationModule) -> None:
+        self.net = copy.deepcopy(module.net).train()
+        self.loss = module.loss
+        self.optimizer = build_optimizer(hydra.utils.instantiate(cfg.optimizer), nn.ModuleDict({"net": self.net}))  # names as in the module
+        self.layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.bf16 = str(cfg.trainer.precision).startswith("bf16")
+
+    def step(self, batch: Batch) -> float:
+        """Seconds of one training step on `batch`."""
+        device = next(self.net.parameters()).device
+        synchronize(device)
+        start = time.perf_counter()
+        image = batch["image"].to(device).contiguous(memory_format=self.layout)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.loss(self.net(image), batch["mask"].to(device))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        synchronize(device)
+        return time.perf_counter() - start
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Interleaved(L.Callback):
+    """Runs a bare step beside every framework step, before it on even batches and after it on odd
+    ones, so both meet the same machine load; records (bare, framework) seconds per batch.
+
+    The framework's share of a batch is the wall time from its `on_train_batch_start` to the next
+    one's (everything the Trainer and the module do for it: fetching, hooks, the training step,
+    logging) minus the bare step run inside that interval; the last batch's ends at the epoch's end,
+    before the once-per-epoch work (epoch metrics, scheduler step), which a real epoch amortises.
+    """
+
+    def __init__(self, bare: BareLoop) -> None:
+        self.bare = bare
+        self.steps: list[tuple[float, float]] = []
+        self.started: float | None = None
+        self.bare_seconds = 0.0
+
+    def close(self) -> None:
+        if self.started is not None:
+            self.steps.append((self.bare_seconds, time.perf_counter() - self.started - self.bare_seconds))
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if batch_idx == self.warmup:
-            self.start = time.perf_counter()
+        self.close()
+        self.started = time.perf_counter()
+        self.bare_seconds = self.bare.step(batch) if batch_idx % 2 == 0 else 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.end = time.perf_counter()
+        if batch_idx % 2 == 1:
+            self.bare_seconds += self.bare.step(batch)
 
-    @property
-    def seconds(self) -> float:
-        return self.end - self.start
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.close()  # before the module's epoch-end metrics: once per epoch, not per step
+        self.started = None
 
 
-def framework_seconds(cfg: DictConfig, module: SegmentationModule, batches: list[Batch], warmup: int) -> float:
-    """One epoch over `batches` through the Trainer; seconds of the steps after `warmup`."""
-    timer = StepTimer(warmup)
+def measure(cfg: DictConfig, steps: int, warmup: int) -> tuple[list[tuple[float, float]], int]:
+    """(bare, framework) seconds of each timed batch (warm-up batches dropped), and the batch size."""
+    L.seed_everything(cfg.seed, workers=True)
+    batches = training_batches(cfg, warmup + steps)
+    module = build_module(cfg)
+    with torch.no_grad():
+        if isinstance(module.net(batches[0]["image"][:1]), Mapping):
+            raise SystemExit(f"error: model={cfg.model_name} returns a dict of outputs; the bare loop compares plain-logit models only")
+    precision = str(cfg.trainer.precision)
+    if precision not in ("32-true", "32", "bf16-mixed"):
+        raise SystemExit(f"error: trainer.precision={precision}: the bare loop reproduces 32-true and bf16-mixed only")
+    if cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available()):
+        module.to("cuda")
+    interleaved = Interleaved(BareLoop(cfg, module))
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -108,69 +168,21 @@ def framework_seconds(cfg: DictConfig, module: SegmentationModule, batches: list
         enable_model_summary=False,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         logger=CSVLogger(cfg.paths.output_dir, name="overhead"),
-        callbacks=[timer],
+        callbacks=[interleaved],
     )
     trainer.fit(module, train_dataloaders=loader(batches))
-    return timer.seconds
+    return interleaved.steps[warmup:], len(batches[0]["image"])
 
 
-def bare_seconds(cfg: DictConfig, module: SegmentationModule, batches: list[Batch], warmup: int) -> float:
-    """The same steps in a plain loop on the module's network, loss and optimizer config."""
-    device = next(module.parameters()).device
-    net, loss_function = module.net.train(), module.loss
-    optimizer = build_optimizer(hydra.utils.instantiate(cfg.optimizer), module)
-    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
-    start = 0.0
-    for index, batch in enumerate(loader(batches)):
-        if index == warmup:
-            start = time.perf_counter()
-        image = batch["image"].to(device).contiguous(memory_format=layout)
-        mask = batch["mask"].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            output = net(image)
-            loss = loss_function(output, mask)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
-def measure(cfg: DictConfig, steps: int, warmup: int, rounds: int, report: Callable[[str], None] = print) -> list[tuple[float, float]]:
-    """(bare, framework) images/s of each round; rounds alternate which side runs first."""
-    L.seed_everything(cfg.seed, workers=True)
-    batches = training_batches(cfg, warmup + steps)
-    images = sum(len(batch["image"]) for batch in batches[warmup:])
-    module = build_module(cfg)
-    with torch.no_grad():
-        if isinstance(module.net(batches[0]["image"][:1]), Mapping):
-            raise SystemExit(f"error: model={cfg.model_name} returns a dict of outputs; the bare loop compares plain-logit models only")
-    if cfg.trainer.accelerator not in ("cpu", "auto") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available()):
-        module.to("cuda")
-    precision = str(cfg.trainer.precision)
-    if precision not in ("32-true", "32", "bf16-mixed"):
-        raise SystemExit(f"error: trainer.precision={precision}: the bare loop reproduces 32-true and bf16-mixed only")
-    rates = []
-    for index in range(rounds):
-        sides = [("bare", bare_seconds), ("framework", framework_seconds)]
-        seconds = {name: run(cfg, module, batches, warmup) for name, run in (sides if index % 2 == 0 else sides[::-1])}
-        rates.append((images / seconds["bare"], images / seconds["framework"]))
-        report(f"round {index + 1}/{rounds}: bare {rates[-1][0]:.2f} img/s, framework {rates[-1][1]:.2f} img/s, ratio {rates[-1][1] / rates[-1][0]:.3f}")
-    return rates
-
-
-def result_table(cfg: DictConfig, rates: list[tuple[float, float]], steps: int, batch_size: int) -> Table:
-    bare = statistics.median(rate for rate, _ in rates)
-    framework = statistics.median(rate for _, rate in rates)
-    ratios = [framework_rate / bare_rate for bare_rate, framework_rate in rates]
-    table = Table(title=f"Framework overhead: model={cfg.model_name} data={cfg.data.name}, {steps} timed steps of batch {batch_size} x {len(rates)} rounds")
-    for column in ("loop", "images/s (median)", "ratio to bare (median of rounds)", "overhead"):
+def result_table(cfg: DictConfig, steps: list[tuple[float, float]], batch_size: int) -> Table:
+    bare, framework = (sum(seconds) for seconds in zip(*steps))
+    images = batch_size * len(steps)
+    per_step = statistics.median(b / f for b, f in steps)
+    table = Table(title=f"Framework overhead: model={cfg.model_name} data={cfg.data.name}, {len(steps)} interleaved steps of batch {batch_size}")
+    for column in ("loop", "images/s", "ratio to bare", "median step ratio", "overhead"):
         table.add_column(column, justify="left" if column == "loop" else "right")
-    table.add_row("bare PyTorch", f"{bare:.2f}", "1.000", "-")
-    ratio = statistics.median(ratios)
-    table.add_row("SegmentationModule + Trainer", f"{framework:.2f}", f"{ratio:.3f}", f"{1 - ratio:+.1%}")
+    table.add_row("bare PyTorch", f"{images / bare:.2f}", "1.000", "1.000", "-")
+    table.add_row("SegmentationModule + Trainer", f"{images / framework:.2f}", f"{bare / framework:.3f}", f"{per_step:.3f}", f"{1 - bare / framework:+.1%}")
     return table
 
 
@@ -179,17 +191,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         prog="python -m lesionseg.bench overhead",
         description="images/s of the same training steps through the LightningModule + Trainer and a bare PyTorch loop, interleaved.",
     )
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per round and side (default 20)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, each round (default 2)")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds, alternating which side runs first (default 4)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of each loop (default 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop first (default 3)")
     parser.add_argument("overrides", nargs="*", help="run config overrides, e.g. model=unet data.batch_size=8 (default model and data: unet_small, synthetic)")
     return parser.parse_args(list(argv))
 
 
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
-        raise SystemExit("error: --steps and --rounds must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit("error: --steps must be >= 1, --warmup >= 0")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
@@ -197,8 +208,8 @@ def main(argv: Sequence[str]) -> None:
     cfg = run_config(args.overrides)
     console = Console()
     console.width = max(console.width, 120)  # piped output defaults to 80 columns: too narrow for the table
-    rates = measure(cfg, args.steps, args.warmup, args.rounds, report=console.print)
-    console.print(result_table(cfg, rates, args.steps, cfg.data.batch_size))
+    steps, batch_size = measure(cfg, args.steps, args.warmup)
+    console.print(result_table(cfg, steps, batch_size))
     console.print(
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, lightning {L.__version__}; "
         "the ratio is fair under load (both sides share it), the absolute rates are not."

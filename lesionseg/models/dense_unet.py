@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.models import densenet161
 
-from lesionseg.models.blocks import crop_to, pad_to_multiple
+from lesionseg.models.base import PaddedSegmenter
 
 
 class UpAddConv(nn.Module):
@@ -37,7 +37,7 @@ class UpAddConv(nn.Module):
         return self.conv(self.upsample(x) + skip)
 
 
-class DenseUNet(nn.Module):
+class DenseUNet(PaddedSegmenter):
     """DenseNet-161 encoder + upsample-add decoder, logits at input resolution.
 
     Args:
@@ -72,9 +72,7 @@ class DenseUNet(nn.Module):
         )
         self.head = nn.Conv2d(64, num_classes, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x = pad_to_multiple(x, self.stride)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         stem = self.stem(x)
         skip1 = self.block1(stem)
         skip2 = self.block2(skip1)
@@ -83,4 +81,4 @@ class DenseUNet(nn.Module):
         x = self.up1(x, skip2)
         x = self.up2(x, skip1)
         x = self.up3(x, stem)
-        return crop_to(self.head(self.up4(x)), size)
+        return self.head(self.up4(x))

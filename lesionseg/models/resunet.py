@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lesionseg.models.blocks import crop_to, pad_to_multiple
+from lesionseg.models.base import PaddedSegmenter
 
 
 def pre_activation(channels: int) -> nn.Sequential:
@@ -51,7 +51,7 @@ class ResidualUnit(nn.Module):
         return self.body(x) + self.shortcut(x)
 
 
-class ResUNet(nn.Module):
+class ResUNet(PaddedSegmenter):
     """Deep ResUnet: 3 encoder units, a bridge, 3 decoder units, 1x1 logit conv.
 
     Args:
@@ -77,9 +77,7 @@ class ResUNet(nn.Module):
         self.decoder = nn.ModuleList(ResidualUnit(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(3)))
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x = pad_to_multiple(x, self.stride)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for unit in self.encoder:
             x = unit(x)
@@ -87,4 +85,4 @@ class ResUNet(nn.Module):
         x = self.bridge(x)
         for unit in self.decoder:
             x = unit(torch.cat([self.upsample(x), skips.pop()], dim=1))
-        return crop_to(self.head(x), size)
+        return self.head(x)

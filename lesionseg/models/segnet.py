@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lesionseg.models.blocks import crop_to, pad_to_multiple
+from lesionseg.models.base import PaddedSegmenter
 
 VGG16_STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
@@ -30,7 +30,7 @@ def conv_stack(widths: list[int]) -> nn.Sequential:
     return nn.Sequential(*(vgg_conv(c_in, c_out) for c_in, c_out in zip(widths, widths[1:])))
 
 
-class SegNet(nn.Module):
+class SegNet(PaddedSegmenter):
     """VGG16-BN encoder with pooling indices, mirrored decoder with max-unpooling, 3x3 logit conv.
 
     Args:
@@ -52,9 +52,7 @@ class SegNet(nn.Module):
         decoder.insert(0, nn.Sequential(vgg_conv(first_width, first_width), nn.Conv2d(first_width, num_classes, 3, padding=1)))
         self.decoder = nn.ModuleList(reversed(decoder))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x = pad_to_multiple(x, self.stride)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         pooled = []
         for stage in self.encoder:
             x = stage(x)
@@ -64,4 +62,4 @@ class SegNet(nn.Module):
         for stage in self.decoder:
             indices, unpooled_size = pooled.pop()
             x = stage(self.unpool(x, indices, output_size=unpooled_size))
-        return crop_to(x, size)
+        return x

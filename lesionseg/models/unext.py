@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesionseg.models.blocks import crop_to, pad_to_multiple
+from lesionseg.models.base import PaddedSegmenter
 
 SHIFT_GROUPS = 5
 """Channels are split into 5 groups shifted by -2, -1, 0, 1, 2 pixels (released code)."""
@@ -140,7 +140,7 @@ class DecoderMLP(nn.Sequential):
         self.apply(init_token_layers)
 
 
-class UNeXt(nn.Module):
+class UNeXt(PaddedSegmenter):
     """UNeXt as released: `conv_widths` (3 conv stages) and `token_widths` (2 MLP stages).
 
     Args:
@@ -168,9 +168,7 @@ class UNeXt(nn.Module):
         self.decoder_mlps = nn.ModuleList([DecoderMLP(t1), DecoderMLP(c3)])
         self.head = nn.Conv2d(c1, num_classes, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x = pad_to_multiple(x, self.stride)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -182,4 +180,4 @@ class UNeXt(nn.Module):
                 x = x + skips.pop()
             if level < len(self.decoder_mlps):
                 x = self.decoder_mlps[level](x)
-        return crop_to(self.head(x), size)
+        return self.head(x)

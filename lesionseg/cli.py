@@ -65,6 +65,26 @@ def predict() -> None:
     run_app("lesionseg.predict")
 
 
+def score() -> None:
+    """`lesionseg-score`: `python -m lesionseg.score`."""
+    run_app("lesionseg.score")
+
+
+def inspect() -> None:
+    """`lesionseg-inspect`: `python -m lesionseg.inspect`."""
+    run_app("lesionseg.inspect")
+
+
+def explain() -> None:
+    """`lesionseg-explain`: `python -m lesionseg.explain`."""
+    run_app("lesionseg.explain")
+
+
+def postprocess_select() -> None:
+    """`lesionseg-postprocess-select`: `python -m lesionseg.postprocess_select` (a folder, not overrides)."""
+    run_app("lesionseg.postprocess_select", checked=False)
+
+
 def compare() -> None:
     """`lesionseg-compare`: `python -m lesionseg.compare` (paths, not overrides)."""
     run_app("lesionseg.compare", checked=False)

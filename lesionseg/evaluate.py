@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from lesionseg.app_config import app_overrides, check_keys, compose_app, in_sweep
 from lesionseg.callbacks import TestSubjectTable
 from lesionseg.checkpoints import new_output_dir
-from lesionseg.config import UsageError, exit_on_usage_error, register_resolvers
+from lesionseg.config import CONF_DIR, UsageError, exit_on_usage_error, register_resolvers
 from lesionseg.data.cases import DataError
 from lesionseg.evaluation import SubjectAccumulator, summarize_subjects
 from lesionseg.factory import load_module
@@ -137,7 +137,7 @@ def evaluate(arguments: list[str]) -> dict[str, Any]:
     return run(compose_app("evaluate", arguments), list(arguments))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def app(cfg: DictConfig) -> int:
     """Hydra app: one evaluation (one job of a sweep); a bad input is one line, exit code 2."""
     try:

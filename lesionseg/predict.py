@@ -38,7 +38,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from lesionseg.app_config import app_overrides, check_keys, checkpoint_config, compose_app, in_sweep
 from lesionseg.checkpoints import load_checkpoint, new_output_dir
-from lesionseg.config import UsageError, exit_on_usage_error, register_resolvers, resolve_checkpoint
+from lesionseg.config import CONF_DIR, UsageError, exit_on_usage_error, register_resolvers, resolve_checkpoint
 from lesionseg.data.cases import DataError
 from lesionseg.data.scans import Scan, input_scans, layout_scans
 from lesionseg.inference.ensemble import run_members
@@ -156,7 +156,7 @@ def predict(arguments: list[str]) -> dict[str, Any]:
     return run(compose_app("predict", arguments), list(arguments))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 def app(cfg: DictConfig) -> int:
     """Hydra app: one prediction run (one job of a sweep); a bad input is one line, exit code 2."""
     try:

@@ -20,6 +20,7 @@ from hydra_helpers import compose_train
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import CosineAnnealingLR, PolynomialLR, ReduceLROnPlateau
 
+from lesionseg.bench.recipes import REDUCED_COST
 from lesionseg.config import CONF_DIR
 from lesionseg.data.splits import split_subjects
 from lesionseg.factory import build_net
@@ -27,7 +28,6 @@ from lesionseg.losses import Dice, DiceCE, WeightedCE
 from lesionseg.models.measure import count_parameters
 from lesionseg.optim import build_optimizer
 from lesionseg.synthetic.atlas import write_atlas_r2
-from lesionseg.synthetic.dicom import write_synthetic_dicom_stroke
 from lesionseg.train import train
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -299,10 +299,14 @@ def test_xnet_recipe_trains_on_val_loss_schedules_and_scores_the_held_out_fold(t
     assert summary["test_split"] == "val" and {"dice", "iou", "precision", "recall"} <= set(summary["test"])
 
 
-def test_stroke_fewshot_trains_classifier_and_tests_with_tta_and_cleanup(train_config, tmp_path) -> None:
-    root = write_synthetic_dicom_stroke(tmp_path / "stroke", n_subjects=6, seed=4, slices_per_series=2, size=64)
-    cfg = train_config("experiment=stroke_fewshot", f"data.root={root}", "data.batch_size=8", *QUICK_FIT)
+@pytest.mark.slow
+def test_stroke_fewshot_learns_and_tests_with_tta_gate_and_cleanup(train_config) -> None:
+    # The study-like data (data=synthetic_dicom) at 64x64 with the 1200 px clean-up scaled to the slice area,
+    # as `bench recipes` runs it. (The unscaled 1200 px on 64x64 slices erased every lesion, 94-375 px:
+    # Dice 0 whatever the network learnt, and this test used to pass with it.)
+    quick = ("data.num_workers=0", "logger=csv", "callbacks.model_summary=null", "trainer.num_sanity_val_steps=0", "trainer.max_epochs=1")
+    cfg = train_config("experiment=stroke_fewshot", "data=synthetic_dicom", *REDUCED_COST["synthetic_dicom"], *quick)
     _, summary = train(cfg)
-    assert summary["status"] == "ok" and summary["epochs"] == 2
+    assert summary["status"] == "ok" and summary["epochs"] == 1
     assert "val/cls_loss" in summary["last_val"]
-    assert {"dice", "iou"} <= set(summary["test"])
+    assert summary["test"]["dice"] >= 0.1  # one epoch leaves the all-background solution (0.18 measured)

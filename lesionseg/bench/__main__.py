@@ -1,5 +1,5 @@
 """Benchmarks: `python -m lesionseg.bench models [...]` (model throughput) or `... data [...]`
-(data pipeline). Each subcommand's module is imported only when asked for."""
+(data pipeline) or `... recipes [...]` (every paper recipe on its synthetic data). Each subcommand's module is imported only when asked for."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "models": "lesionseg.bench.models",
     "data": "lesionseg.bench.data",
     "overhead": "lesionseg.bench.overhead",
+    "recipes": "lesionseg.bench.recipes",
 }
 
 

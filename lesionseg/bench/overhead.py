@@ -1,11 +1,11 @@
 """What the framework costs per training step (`python -m lesionseg.bench overhead [options] [overrides]`).
 
-The same network (two copies of one initialisation), batches, optimizer (with its parameter groups)
-and loss train through the project's `SegmentationModule` + Lightning `Trainer` and through a bare
-PyTorch loop (forward, loss, zero_grad, backward, step), interleaved step by step in one process: a
-callback runs the bare step beside each Trainer step, before it on even batches and after it on odd
-ones, so a machine whose load changes slows both alike. It prints images/s of each, their ratio and
-the framework's overhead (1 - ratio).
+The same network, batches, optimizer (with its parameter groups) and loss train through the
+project's `SegmentationModule` + Lightning `Trainer` and through a bare PyTorch loop (forward, loss,
+zero_grad, backward, step), interleaved step by step in one process: a callback runs the bare step
+beside each Trainer step, before it on even batches and after it on odd ones, so a machine whose load
+changes slows both alike. It prints images/s of each, their ratio and the framework's overhead
+(1 - ratio).
 
 The batches come from the run config's training loader (default: `model=unet_small`, `data=synthetic`),
 read once into memory, so neither side pays for data loading or augmentation (`bench data` measures
@@ -16,7 +16,6 @@ checkpoints, no progress bar; a CSV logger writes the logged values every `train
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import statistics
 import tempfile
@@ -34,7 +33,6 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 from torch.utils.data import DataLoader
 
 from lesionseg.config import CONF_DIR, register_resolvers
@@ -78,13 +76,14 @@ def loader(batches: list[Batch]) -> DataLoader:
 
 
 class BareLoop:
-    """The same training step without the framework, on a copy of the module's network: forward, loss,
-    zero_grad, backward, optimizer step (the run's optimizer config, parameter groups included)."""
+    """The same training step without the framework, on the module's own network (so both loops step
+    the same weights): forward, loss, zero_grad, backward, and a step of its own optimizer built from
+    the run's optimizer config (parameter groups included)."""
 
     def __init__(self, cfg: DictConfig, module: SegmentationModule) -> None:
-        self.net = copy.deepcopy(module.net).train()
+        self.net = module.net
         self.loss = module.loss
-        self.optimizer = build_optimizer(hydra.utils.instantiate(cfg.optimizer), nn.ModuleDict({"net": self.net}))  # names as in the module
+        self.optimizer = build_optimizer(hydra.utils.instantiate(cfg.optimizer), module)
         self.layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.bf16 = str(cfg.trainer.precision).startswith("bf16")
 

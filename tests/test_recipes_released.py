@@ -34,6 +34,7 @@ from torchmetrics.classification import (
 from lesionseg.bench import overhead
 from lesionseg.factory import build_net
 from lesionseg.losses import Dice
+from lesionseg.models.measure import count_parameters
 from lesionseg.models.unet import UNet, buda_state_dict
 from lesionseg.models.xnet import TRUNCATED_NORMAL_STD, XNet, keras_fans
 from lesionseg.module import SegmentationModule
@@ -229,7 +230,7 @@ def test_unet_lgg_uses_budas_concat_order_and_his_parameter_count(tmp_path: Path
         net = build_net(cfg.model)
         released = BudaUNet()
     assert net.concat_order == "upsampled_first"
-    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in released.parameters()) == 7_763_041
+    assert count_parameters(net) == count_parameters(released) == 7_763_041
     assert set(buda_state_dict(released.state_dict())) == set(net.state_dict())
 
 

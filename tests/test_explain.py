@@ -239,3 +239,16 @@ def test_bad_input_is_one_line_and_exit_code_2(checkpoint: Path, tmp_path: Path,
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: explain.layer=encoder.9: no such module in unet_small")
     code, lines = run_cli(monkeypatch, capsys, f"ckpt_path={checkpoint}", f"input={broken}", "explain.layr=encoder.4")
     assert code == 2 and lines == ["error: unknown key 'explain.layr' in 'explain.layr=encoder.4'; see conf/explain.yaml"]
+
+
+@trained
+def test_an_ensemble_averages_its_members_maps(checkpoint: Path, tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    lesion_picture(scans)
+    single, pair = tmp_path / "single", tmp_path / "pair"
+    explain(explain_config(f"ckpt_path={checkpoint}", f"input={scans}", "method=[gradcam,occlusion]", f"output_dir={single}"))
+    summary = explain(explain_config(f"ckpt_path=[{checkpoint},{checkpoint}]", f"input={scans}", "method=[gradcam,occlusion]", f"output_dir={pair}"))
+    assert summary["layers"] == ["decoder.1", "decoder.1"]
+    for method in ("gradcam", "occlusion"):  # the mean of two identical members' maps is each member's map
+        assert np.allclose(np.load(pair / f"lesion_{method}_saliency.npy"), np.load(single / f"lesion_{method}_saliency.npy"), atol=1e-6)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from lesionseg.data.cases import DataError
 from lesionseg.data.folder import FolderLayout
+from lesionseg.factory import build_net
 from lesionseg.synthetic.folder import write_synthetic_folder
 
 SIZE, VOLUME_SLICES = 24, 5
@@ -180,7 +181,7 @@ def test_multi_class_masks_keep_their_labels_and_train_with_softmax(train_config
     )
     _, summary = train(cfg)
     assert summary["status"] == "ok" and {"dice", "iou"} <= set(summary["test"])
-    assert hydra.utils.instantiate(cfg.model)(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 3, SIZE, SIZE)  # softmax logits
+    assert build_net(cfg.model)(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 3, SIZE, SIZE)  # softmax logits
     Image.fromarray(np.full((SIZE, SIZE), 5, np.uint8)).save(folder_copy / "masks" / "case_000.png")
     with pytest.raises(DataError) as error:
         datamodule(train_config, folder_copy, "data.num_classes=3").prepare_data()

@@ -11,12 +11,12 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torchvision
-from hydra.utils import instantiate
 from hydra_helpers import compose_train
 from rich.console import Console
 from torch import nn
 
 from lesionseg.bench.__main__ import main as bench_main
+from lesionseg.factory import build_net
 from lesionseg.models.__main__ import model_table
 from lesionseg.models.catalog import CATALOG
 from lesionseg.models.generic import NNUNet2D, SMPModel, nnunet_2d_plan
@@ -31,7 +31,7 @@ def build(config: str, *overrides: str, in_channels: int = 1, num_classes: int =
     """Instantiate `conf/model/<config>.yaml` from the composed run config, seeded."""
     cfg = compose_train([f"model={config}", f"data.in_channels={in_channels}", f"data.num_classes={num_classes}", *overrides])
     torch.manual_seed(0)
-    return instantiate(cfg.model)
+    return build_net(cfg.model)  # without metadata keys such as explain_layer
 
 
 # --- UNeXt -------------------------------------------------------------------------------------

@@ -174,7 +174,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
         atomic_save(Path(path), lambda temporary: torch.save(checkpoint, temporary))
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return verify_checkpoint(Path(path))  # on the CPU: Lightning moves the states where they belong
+        """A verified checkpoint (on the CPU: Lightning moves the states where they belong).
+
+        `ddp_spawn` hands rank 0's trained weights back to the main process as a bare state dict
+        (`.temp.ckpt`, name -> tensor, no config): read weights-only, it carries neither code nor
+        targets, so it is returned as it is; anything else must pass `verify_checkpoint`.
+        """
+        checkpoint = read_checkpoint_file(Path(path))
+        if CONFIG_KEY not in checkpoint and checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+            return checkpoint
+        return verify_checkpoint(Path(path))
 
 
 class LastEpochCheckpoint(ModelCheckpoint):

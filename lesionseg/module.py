@@ -192,6 +192,12 @@ class SegmentationModule(L.LightningModule):
         Named `train/<metric>_epoch` beside the per-step `train/<metric>_step`, `val/<metric>` and `test/<metric>`.
         """
         metrics = self.stage_metrics(stage)
+        if stage == "train" and self._trainer is not None:
+            # Collective calls must come in the same order on every rank. Before this hook, the progress
+            # bar (rank 0 only) has already synced the epoch's `sync_dist` values; reading them here makes
+            # the other ranks sync them too (rank 0 reads its cached result), so the metric sync below
+            # pairs up across ranks instead of deadlocking (trainer=ddp_sim).
+            _ = self.trainer.progress_bar_metrics
         suffix = "_epoch" if stage == "train" else ""
         self.log_dict({f"{stage}/{name}{suffix}": value for name, value in metrics.compute().items()}, prog_bar=stage == "val")
         metrics.reset()

@@ -149,6 +149,7 @@ def explain_scan(scan: Scan, explainer: Explainer) -> tuple[list[dict], list[dic
         scores |= plausibility_scores(maps[method], predicted[chosen], lesion)
         row = {
             "subject": scan.case.subject,
+            "source": str(scan.case.image[0]),
             "status": "ok",
             "method": method,
             "target": kind,

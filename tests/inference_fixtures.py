@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from hydra_helpers import compose_train
 
-    from lesionseg.train import train
+    from lesionseg.training import train
 
     cfg = compose_train(TINY, tmp_path_factory.mktemp("tiny-run") / "run")
     _, summary = train(cfg)

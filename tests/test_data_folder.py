@@ -152,7 +152,7 @@ def test_mask_values_beyond_0_1_warn_or_fail_when_strict(train_config, folder_co
 
 
 def test_multi_class_masks_keep_their_labels_and_train_with_softmax(train_config, folder_copy: Path) -> None:
-    from lesionseg.train import train
+    from lesionseg.training import train
 
     # Two lesion classes: every mask's lower half of the lesion becomes class 2.
     for path in sorted((folder_copy / "masks").iterdir()):

@@ -179,7 +179,7 @@ def test_a_missing_decoder_names_the_transfer_syntax_and_the_package(inputs: Pat
 @pytest.mark.slow
 def test_predict_writes_pngs_and_a_seg_for_each_hospital_input(inputs: Path, train_config, tmp_path: Path) -> None:
     from lesionseg.predict import predict
-    from lesionseg.train import train
+    from lesionseg.training import train
 
     cfg = train_config(
         "data.num_training=4",

@@ -28,7 +28,7 @@ from lesionseg.losses import Dice, DiceCE, WeightedCE
 from lesionseg.models.measure import count_parameters
 from lesionseg.optim import build_optimizer
 from lesionseg.synthetic.atlas import write_atlas_r2
-from lesionseg.train import train
+from lesionseg.training import train
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 

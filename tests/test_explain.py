@@ -26,7 +26,7 @@ from lesionseg.explanations.models import ExplainedOutput, load_predictor
 from lesionseg.explanations.pipeline import explain
 from lesionseg.explanations.targets import MASK, Target
 from lesionseg.factory import build_net
-from lesionseg.train import train
+from lesionseg.training import train
 
 # The smallest widths each config allows (the target layer's name does not depend on them).
 TINY_WIDTHS = {

@@ -20,7 +20,7 @@ from lesionseg.synthetic.atlas import write_atlas_r2
 from lesionseg.synthetic.dicom import write_synthetic_dicom_stroke
 from lesionseg.synthetic.folder import write_synthetic_folder
 from lesionseg.synthetic.lgg import write_synthetic_lgg
-from lesionseg.train import train
+from lesionseg.training import train
 
 LAYOUTS = {
     # ATLAS R2.0 at the real slice size (233x197), X-Net's crop to 224x192, X-Net itself (narrow).

@@ -15,7 +15,7 @@ from lesionseg.factory import build_module, build_net
 from lesionseg.mask_set_loss import HungarianMatcher, MaskSetLoss, segments_per_process, semantic_segments
 from lesionseg.models.maskdino import MaskDINO, Prediction, Segments, attention_mask, box_mask_logits, segment_boxes
 from lesionseg.optim import build_optimizer
-from lesionseg.train import train
+from lesionseg.training import train
 
 TINY = {
     "encoder_name": "resnet18",

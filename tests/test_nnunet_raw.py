@@ -105,7 +105,7 @@ def test_broken_datasets_fail_with_one_line_naming_the_file(variant: str, broken
 @pytest.mark.slow
 def test_trains_on_two_channels_and_predicts_imagests_in_the_scans_geometry(dataset: Path, train_config, tmp_path: Path) -> None:
     from lesionseg.predict import predict
-    from lesionseg.train import train
+    from lesionseg.training import train
 
     cfg = train_config(
         "data=nnunet_raw",

@@ -153,7 +153,7 @@ def test_the_hydra_guard_makes_default_folders_unique_and_refuses_used_named_one
 @pytest.mark.slow
 def test_last_ckpt_holds_the_last_completed_epoch(train_config) -> None:
     """Lightning 2.6 rewrote last.ckpt only with a new best; the best here is the first epoch (max loss)."""
-    from lesionseg.train import train
+    from lesionseg.training import train
 
     cfg = train_config(
         "data.num_training=6",

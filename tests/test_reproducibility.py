@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lesionseg.train import train
+from lesionseg.training import train
 
 TINY_RUN = (
     "data.num_training=8",

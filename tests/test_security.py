@@ -166,7 +166,7 @@ def test_every_entry_point_refuses_hostile_checkpoints(entry: str, kind: str, ho
     """Through each entry point's Python API (the command line's own code path)."""
     from lesionseg.evaluate import evaluate
     from lesionseg.predict import predict
-    from lesionseg.train import train
+    from lesionseg.training import train
 
     checkpoint = hostile[kind]
     arguments = entry_arguments(entry, checkpoint, tmp_path)

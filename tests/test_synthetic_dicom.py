@@ -12,7 +12,7 @@ import pytest
 
 from lesionseg.data.dicom_stroke import DicomStrokeLayout
 from lesionseg.synthetic.dicom import LESION_FRACTION, stroke_slice, write_stroke_study
-from lesionseg.train import train
+from lesionseg.training import train
 
 SMALL = {"num_series": 3, "slices_per_series": 2, "num_unlabelled": 1, "size": 256, "label_size": 512}
 

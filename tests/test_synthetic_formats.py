@@ -18,7 +18,7 @@ from lesionseg.synthetic.cache import generated, writer_parameters
 from lesionseg.synthetic.folder import write_synthetic_folder
 from lesionseg.synthetic.lgg import write_synthetic_lgg
 from lesionseg.synthetic.phantom import phantom
-from lesionseg.train import train
+from lesionseg.training import train
 
 WRITERS = {
     "atlas": functools.partial(write_atlas_r2, num_training=2, num_testing=1, shape=(20, 24, 6), seed=1),

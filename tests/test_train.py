@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lesionseg.train import train
+from lesionseg.training import train
 
 # Small phantoms so each run takes seconds: 10 labelled subjects of 64x64x16 voxels.
 TINY_DATA = (

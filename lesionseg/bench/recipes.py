@@ -142,7 +142,7 @@ def compose_recipe(name: str, output_dir: Path, extra: Sequence[str] = ()) -> tu
 
 def run_recipe(name: str, output_dir: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
     """Train and test one recipe at reduced cost; its summary plus the overrides and the time taken."""
-    from lesionseg.train import train
+    from lesionseg.training import train
 
     cfg, overrides = compose_recipe(name, output_dir, extra)
     started = time.perf_counter()

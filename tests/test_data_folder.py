@@ -151,6 +151,7 @@ def test_mask_values_beyond_0_1_warn_or_fail_when_strict(train_config, folder_co
     assert set(np.unique(dm.stored["case_001"].mask)) == {0, 1}
 
 
+@pytest.mark.slow  # trains end to end
 def test_multi_class_masks_keep_their_labels_and_train_with_softmax(train_config, folder_copy: Path) -> None:
     from lesionseg.training import train
 

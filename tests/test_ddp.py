@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+# Spawns DDP processes that train: the slow lane.
+pytestmark = pytest.mark.slow
 
 TINY_DDP = (
     "trainer=ddp_sim",

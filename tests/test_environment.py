@@ -5,6 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+# Imports the whole stack in a fresh interpreter: the slow lane.
+pytestmark = pytest.mark.slow
+
 
 def test_torchvision_timm_smp_import_together() -> None:
     code = (

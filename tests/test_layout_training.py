@@ -22,6 +22,9 @@ from lesionseg.synthetic.folder import write_synthetic_folder
 from lesionseg.synthetic.lgg import write_synthetic_lgg
 from lesionseg.training import train
 
+# A real training per data layout: the slow lane.
+pytestmark = pytest.mark.slow
+
 LAYOUTS = {
     # ATLAS R2.0 at the real slice size (233x197), X-Net's crop to 224x192, X-Net itself (narrow).
     "atlas": (lambda root: write_atlas_r2(root, 6, 1, (197, 233, 4), seed=1), ("model=xnet", "model.base_channels=8")),

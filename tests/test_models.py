@@ -61,6 +61,7 @@ def test_parameter_count_matches_paper(entry: PaperFigure) -> None:
         assert relative_error <= entry.tolerance, f"{count:,} vs {entry.target_params:,} ({relative_error:.2%})"
 
 
+@pytest.mark.slow  # full-size models: the slow lane
 def test_logits_have_the_input_size(entry: PaperFigure) -> None:
     model = build_model(entry).eval()
     for height, width in OUTPUT_SIZES:
@@ -103,6 +104,7 @@ def training_loss(entry: PaperFigure) -> Callable[..., torch.Tensor]:
     return instantiate(compose_train([f"model={entry.config}", f"loss={entry.loss}", f"data.num_classes={entry.num_classes}"]).loss)
 
 
+@pytest.mark.slow  # full-size models: the slow lane
 def test_every_parameter_learns(entry: PaperFigure) -> None:
     model = build_model(entry).train()
     images, masks = fixed_batch(entry)
@@ -125,6 +127,7 @@ def test_every_parameter_learns(entry: PaperFigure) -> None:
     assert losses[-1] < losses[0], f"loss did not fall over {ADAM_STEPS} Adam steps: {losses}"
 
 
+@pytest.mark.slow  # full-size models: the slow lane
 def test_channels_last_and_bfloat16_autocast(entry: PaperFigure) -> None:
     model = build_model(entry).eval()
     images = torch.randn(1, entry.in_channels, 72, 56)  # not a multiple of any stride: exercises padding

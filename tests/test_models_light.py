@@ -232,6 +232,7 @@ def test_dynunet_deep_supervision_adds_upsampled_auxiliary_logits_in_training_on
 # --- the model table and the benchmark ---------------------------------------------------------
 
 
+@pytest.mark.slow  # full-size models: the slow lane
 def test_model_table_lists_every_catalog_config() -> None:
     console = Console(record=True, width=250)
     console.print(model_table())

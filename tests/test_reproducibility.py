@@ -14,9 +14,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from lesionseg.training import train
+
+# Repeated real trainings (and a killed one): the slow lane.
+pytestmark = pytest.mark.slow
 
 TINY_RUN = (
     "data.num_training=8",

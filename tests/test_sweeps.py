@@ -30,6 +30,9 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from lesionseg.config import CONF_DIR
 
+# Whole multiruns and launchers in subprocesses: the slow lane.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
 HYDRA_SWEEPS = sorted(path.stem for path in SWEEPS.glob("*.yaml") if not path.name.startswith("wandb_"))

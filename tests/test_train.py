@@ -53,6 +53,7 @@ def run_cli(*arguments: str, cwd: Path, timeout: int = 300) -> subprocess.Comple
     return subprocess.run([sys.executable, "-m", "lesionseg.train", *arguments], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_fast_dev_run_default_model(train_config) -> None:
     cfg = train_config("debug=fast_dev_run", *TINY_DATA[:3])
     metric, summary = train(cfg)
@@ -61,6 +62,7 @@ def test_fast_dev_run_default_model(train_config) -> None:
     assert summary["params"] > 1_000_000
 
 
+@pytest.mark.slow
 def test_short_run_lowers_loss_raises_dice_and_writes_the_run_folder(train_config) -> None:
     # The default 96x112x40 phantoms (the lesions are too small to learn in seconds at 64x64), fewer of them.
     cfg = train_config(
@@ -102,6 +104,7 @@ def test_short_run_lowers_loss_raises_dice_and_writes_the_run_folder(train_confi
     assert sorted(subjects["subject"]) == sorted(split["test"])
 
 
+@pytest.mark.slow
 def test_checkpoint_resumes_in_another_run(train_config, tmp_path) -> None:
     first_cfg = train_config(*TINY_DATA, "trainer.max_epochs=1", "test=false", "trainer.limit_train_batches=3")
     _, first = train(first_cfg)
@@ -134,6 +137,7 @@ def wandb_log_payload(data: bytes, block: int = 32 * 1024, header: int = 7) -> b
     return bytes(payload)
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_the_dashboard_without_network(train_config, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = train_config("debug=limit", "trainer.max_epochs=1", *TINY_DATA[:4], "logger=wandb", "tags=[pilot]", "+logger.wandb.group=ablation")
@@ -159,6 +163,7 @@ def test_wandb_offline_logs_the_dashboard_without_network(train_config, monkeypa
     assert "dice" in table["columns"] and len(table["data"]) == len(pd.read_csv(Path(summary["run_dir"]) / "test_subjects.csv"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -175,6 +180,7 @@ def test_bad_command_line_gives_one_line_error(arguments: list[str], message: st
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_help_and_cfg_job(tmp_path) -> None:
     help_text = run_cli("--help", cwd=tmp_path)
     assert help_text.returncode == 0 and "model: " in help_text.stdout

@@ -39,7 +39,7 @@ from lesionseg.data.folder import (
     split_suffix,
     to_channels,
 )
-from lesionseg.data.nifti import axial_volume
+from lesionseg.data.nifti import axial_volume, read_image
 from lesionseg.outputs import atomic_save
 
 DICOM_SUFFIX = ".dcm"
@@ -100,7 +100,7 @@ def input_scans(path: Path, channels: int) -> list[Scan]:
         subject = str(relative)[: -len(suffix)].replace(os.sep, "_")
         if subject.endswith(MASK_STEM_SUFFIX):
             continue
-        scans.append(Scan(Case(subject, (file,)), lambda file=file: _decode_file(file, channels)))
+        scans.append(Scan(Case(subject, (file,)), partial(_decode_file, file, channels)))
     if not scans:
         raise DataError(f"{path}: no scans found (looked for {', '.join((*SUFFIXES, DICOM_SUFFIX))} files)")
     return sorted(scans, key=lambda scan: scan.case.subject)
@@ -108,12 +108,12 @@ def input_scans(path: Path, channels: int) -> list[Scan]:
 
 def layout_scans(cases: list[Case], layout: Layout) -> list[Scan]:
     """Scans for the cases a dataset layout found; decoding goes through the layout itself."""
-    return [Scan(case, lambda case=case: layout.load(case)) for case in cases]
+    return [Scan(case, partial(layout.load, case)) for case in cases]
 
 
 def _write_nifti_mask(source: Path, mask: np.ndarray, path: Path) -> None:
     """(Z, H, W) axial mask -> NIfTI with the source's affine and header, uint8."""
-    reference = nib.load(str(source))
+    reference = read_image(source)
     volume = axial_volume(mask.astype(np.uint8))
     image = nib.Nifti1Image(volume, reference.affine, reference.header)
     image.set_data_dtype(np.uint8)
@@ -136,7 +136,7 @@ def voxel_volume_ml(scan: Scan) -> float | None:
     """Volume of one voxel in millilitres (NIfTI scans; None for 2D pictures without spacing)."""
     if not scan.is_volume:
         return None
-    zooms = nib.load(str(scan.case.image[0])).header.get_zooms()[:3]
+    zooms = read_image(scan.case.image[0]).header.get_zooms()[:3]
     return float(np.prod(zooms)) / 1000.0
 
 
@@ -172,7 +172,7 @@ def write_probabilities(scan: Scan, probabilities: np.ndarray, folder: Path) -> 
 def write_volume_map(scan: Scan, values: np.ndarray, folder: Path, name: str) -> Path:
     """Save a (Z, H, W) float map of a NIfTI scan as `<subject>_<name>.nii.gz` (float32, the scan's affine and header)."""
     path = folder / f"{scan.case.subject}_{name}.nii.gz"
-    reference = nib.load(str(scan.case.image[0]))
+    reference = read_image(scan.case.image[0])
     image = nib.Nifti1Image(axial_volume(values.astype(np.float32)), reference.affine, reference.header)
     image.set_data_dtype(np.float32)
     image.header.set_slope_inter(1.0, 0.0)

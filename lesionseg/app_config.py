@@ -22,7 +22,8 @@ code 1).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -30,7 +31,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lesionseg.config import CONF_DIR, UsageError, check_overrides, config_groups, parse_overrides
+from lesionseg.config import CONF_DIR, UsageError, check_overrides, config_groups, exit_on_usage_error, parse_overrides, register_resolvers
 
 # Groups whose node an app may replace, and the data keys a replaced `data` node keeps from the checkpoint.
 SWAPPABLE_GROUPS = ("data", "trainer")
@@ -78,6 +79,16 @@ def check_keys(arguments: Sequence[str], config_name: str, own_keys: Sequence[st
             continue
         if OmegaConf.select(base, key, default=_MISSING, throw_on_resolution_failure=False) is _MISSING:
             raise UsageError(f"unknown key '{key}'{_closest(key, base)}")
+
+
+def checked_main(app: Callable[[], Any], config_name: str, own_keys: Sequence[str]) -> None:
+    """An app's command line: check group options and keys before Hydra (one line, exit 2), then run `app`."""
+    register_resolvers()
+    try:
+        check_keys(sys.argv[1:], config_name, own_keys)
+    except UsageError as error:
+        exit_on_usage_error(str(error))
+    app()
 
 
 _MISSING = object()

@@ -15,7 +15,6 @@ finished and scored per subject with the same functions.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from lesionseg.app_config import app_overrides, check_keys, compose_app, in_sweep
+from lesionseg.app_config import app_overrides, check_keys, checked_main, compose_app, in_sweep
 from lesionseg.callbacks import TestSubjectTable
 from lesionseg.checkpoints import new_output_dir
 from lesionseg.config import CONF_DIR, UsageError, exit_on_usage_error, register_resolvers
@@ -152,12 +151,7 @@ def app(cfg: DictConfig) -> int:
 
 def main() -> None:
     """Check the command line (group options, unknown keys) before Hydra, then run the app."""
-    register_resolvers()
-    try:
-        check_keys(sys.argv[1:], "evaluate", OWN_KEYS)
-    except UsageError as error:
-        exit_on_usage_error(str(error))
-    app()
+    checked_main(app, "evaluate", OWN_KEYS)
 
 
 if __name__ == "__main__":

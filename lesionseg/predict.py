@@ -36,7 +36,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lesionseg.app_config import app_overrides, check_keys, checkpoint_config, compose_app, in_sweep
+from lesionseg.app_config import app_overrides, check_keys, checked_main, checkpoint_config, compose_app, in_sweep
 from lesionseg.checkpoints import load_checkpoint, new_output_dir
 from lesionseg.config import CONF_DIR, UsageError, exit_on_usage_error, register_resolvers, resolve_checkpoint
 from lesionseg.data.cases import DataError
@@ -173,12 +173,7 @@ def app(cfg: DictConfig) -> int:
 
 def main() -> None:
     """Check the command line (group options, unknown keys) before Hydra, then run the app."""
-    register_resolvers()
-    try:
-        check_keys(sys.argv[1:], "predict", OWN_KEYS)
-    except UsageError as error:
-        exit_on_usage_error(str(error))
-    app()
+    checked_main(app, "predict", OWN_KEYS)
 
 
 if __name__ == "__main__":

@@ -80,25 +80,3 @@ def test_keep_largest_drops_a_largest_lesion_below_the_minimum() -> None:
     picture = np.zeros((8, 8), np.uint8)
     picture[:2, :2] = 1
     assert clean_mask(picture, InferenceSettings(keep_largest=True, min_size=5)).sum() == 0
-
-
-class Heads(nn.Module):
-    """Main head plus two auxiliary heads (B, N, K, H, W), as MONAI's DynUNet returns in training."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.main = nn.Conv2d(1, 1, 1)
-        self.auxiliary = nn.Conv2d(1, 2, 1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"seg": self.main(x), "deep_supervision": self.auxiliary(x)[:, :, None]}
-
-
-def test_deep_supervision_weights_halve_per_level_and_sum_to_one() -> None:
-    module = SegmentationModule(net=Heads(), loss=Dice(num_classes=1), optimizer=partial(torch.optim.SGD, lr=0.1))
-    image, mask = torch.randn(2, 1, 8, 8), (torch.rand(2, 8, 8) > 0.5).long()
-    output = module.net(image)
-    main, auxiliary = output["seg"], output["deep_supervision"]
-    losses = [module.loss(main, mask), module.loss(auxiliary[:, 0], mask), module.loss(auxiliary[:, 1], mask)]
-    expected = (4 * losses[0] + 2 * losses[1] + losses[2]) / 7  # weights 1, 1/2, 1/4 normalised
-    assert torch.isclose(module.deep_supervision_loss(main, auxiliary, mask), expected)

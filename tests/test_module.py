@@ -61,3 +61,13 @@ def test_classifier_gate_empties_slices_the_classifier_rejects() -> None:
     ungated = module_for(FixedOutput([-4.0, 4.0])).eval()
     output = ungated.predict_step({"image": image, "subject": ["a", "a"], "slice_index": torch.arange(2)}, 0)
     assert output["mask"].sum() == 32
+
+
+def test_deep_supervision_weights_halve_per_level_and_sum_to_one() -> None:
+    module = module_for(TwoHeads())
+    image, mask = torch.randn(2, 1, 8, 8), (torch.rand(2, 8, 8) > 0.5).long()
+    output = module.net(image)
+    main, auxiliary = output["seg"], output["deep_supervision"]
+    losses = [module.loss(main, mask), module.loss(auxiliary[:, 0], mask), module.loss(auxiliary[:, 1], mask)]
+    expected = (4 * losses[0] + 2 * losses[1] + losses[2]) / 7  # weights 1, 1/2, 1/4 normalised
+    assert torch.isclose(module.deep_supervision_loss(main, auxiliary, mask), expected)

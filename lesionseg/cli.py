@@ -11,24 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from lesionseg.config import UsageError, check_overrides, exit_on_usage_error
-
-# Optional extras: the module an import error names -> the extra that installs it.
-EXTRAS = {
-    "wandb": "wandb",
-    "tensorboard": "tensorboard",
-    "tensorboardX": "tensorboard",
-    "optuna": "sweeps",
-    "hydra_plugins.hydra_optuna_sweeper": "sweeps",
-    "hydra_plugins.hydra_submitit_launcher": "slurm",
-    "submitit": "slurm",
-}
-
-
-def missing_extra(error: ModuleNotFoundError) -> str | None:
-    """The extra to install for a missing optional module, if the error is about one."""
-    name = error.name or ""
-    return next((extra for module, extra in EXTRAS.items() if name == module or name.startswith(module + ".")), None)
+from lesionseg.config import UsageError, check_overrides, exit_on_usage_error, missing_extra
 
 
 def run_app(module_name: str, checked: bool = True) -> None:
@@ -42,10 +25,10 @@ def run_app(module_name: str, checked: bool = True) -> None:
         main = importlib.import_module(module_name).main
         result = main()
     except ModuleNotFoundError as error:
-        extra = missing_extra(error)
-        if extra is None:
+        message = missing_extra(error)
+        if message is None:
             raise
-        exit_on_usage_error(f"{error.name} is not installed: pip install 'lesionseg[{extra}]'")
+        exit_on_usage_error(message)
     if isinstance(result, int) and not isinstance(result, bool):
         raise SystemExit(result)
 

@@ -36,6 +36,32 @@ class UsageError(ValueError):
     """A wrong command line or setting: reported as one line, exit code 2."""
 
 
+# Optional extras: the module an import error names -> the extra that installs it.
+EXTRAS = {
+    "wandb": "wandb",
+    "tensorboard": "tensorboard",
+    "tensorboardX": "tensorboard",
+    "optuna": "sweeps",
+    "hydra_plugins.hydra_optuna_sweeper": "sweeps",
+    "hydra_plugins.hydra_submitit_launcher": "slurm",
+    "submitit": "slurm",
+}
+
+
+def missing_extra(error: BaseException) -> str | None:
+    """One line naming the extra to install when `error` is a missing optional module, else None.
+
+    Looks at the module name (an import) and the message (Lightning's loggers report a missing
+    package as a requirement not met)."""
+    if not isinstance(error, ImportError):
+        return None
+    name, text = error.name or "", str(error)
+    for module, extra in EXTRAS.items():
+        if name == module or name.startswith(module + ".") or f"'{module}" in text or f"`{module}" in text:
+            return f"{module} is not installed: pip install 'lesionseg[{extra}]'"
+    return None
+
+
 def wandb_offline() -> bool:
     """wandb runs offline unless the user exported WANDB_MODE=online (never hang without network)."""
     return os.environ.get("WANDB_MODE", "offline").lower() != "online"

@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lesionseg.config import CONF_DIR, UsageError, check_overrides, exit_on_usage_error, register_resolvers
+from lesionseg.config import CONF_DIR, UsageError, check_overrides, exit_on_usage_error, missing_extra, register_resolvers
 from lesionseg.data.cases import DataError
 
 log = logging.getLogger("lesionseg.train")
@@ -38,6 +38,9 @@ def main(cfg: DictConfig) -> float | None:
             return optimized
         except InstantiationException as wrapped:  # a config's constructor refused its arguments
             cause = wrapped.__cause__
+            extra = missing_extra(cause) if cause is not None else None
+            if extra is not None:  # e.g. logger=wandb without the [wandb] extra
+                raise UsageError(extra) from None
             if isinstance(cause, KNOWN_ERRORS):
                 raise cause from None
             if isinstance(cause, ValueError):  # a bad config value (e.g. data.slices=x): one line, exit 2

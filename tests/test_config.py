@@ -71,3 +71,22 @@ def test_unknown_group_option_lists_available() -> None:
     with pytest.raises(UsageError, match="unknown data 'x'"):
         check_overrides(["-m", "data=synthetic,x"])
     check_overrides(["model=unet_small", "trainer.max_epochs=3", "experiment=null"])
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (ModuleNotFoundError("No module named 'optuna'", name="optuna"), "optuna is not installed: pip install 'lesionseg[sweeps]'"),
+        (ModuleNotFoundError("Requirement 'wandb>=0.12.10' not met."), "wandb is not installed: pip install 'lesionseg[wandb]'"),
+        (
+            ModuleNotFoundError("No module named 'hydra_plugins.hydra_submitit_launcher'", name="hydra_plugins.hydra_submitit_launcher.x"),
+            "hydra_plugins.hydra_submitit_launcher is not installed: pip install 'lesionseg[slurm]'",
+        ),
+        (ModuleNotFoundError("No module named 'numpy'", name="numpy"), None),
+        (ValueError("wandb"), None),
+    ],
+)
+def test_a_missing_optional_package_names_its_extra(error: BaseException, line: str | None) -> None:
+    from lesionseg.config import missing_extra
+
+    assert missing_extra(error) == line

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 
+from lesionseg.outputs import atomic_write_text
 from lesionseg.overlays import OverlaySample, figure_to_rgb, overlay_figure, to_grey_rgb
 
 
@@ -191,7 +192,7 @@ class TestSubjectTable(Callback):
             return
         folder = self.dirpath or Path(trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        table.to_csv(folder / self.FILENAME, index=False)
+        atomic_write_text(folder / self.FILENAME, table.to_csv(index=False))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_table("test/subjects", dataframe=table)

@@ -35,6 +35,7 @@ from lesionseg.data.cases import DataError
 from lesionseg.data.folder import NIFTI_SUFFIXES
 from lesionseg.data.nifti import read_volume
 from lesionseg.evaluation import METRIC_NAMES, convention_of, subject_metrics, summarize_subjects
+from lesionseg.outputs import atomic_write_text
 
 # Suffixes `lesionseg.predict` gives its outputs: `_mask` is the mask to score, the others are maps.
 MASK_SUFFIX = "_mask"
@@ -182,8 +183,8 @@ def score_folders(
         "unmatched_labels": len(unmatched),
     }
     folder = new_score_dir(pred_dir, Path(output_dir).expanduser() if output_dir else None)
-    table.to_csv(folder / "scores.csv", index=False)
-    (folder / "scores.json").write_text(json.dumps({**summary, "output_dir": str(folder)}, indent=2, allow_nan=True))
+    atomic_write_text(folder / "scores.csv", table.to_csv(index=False))
+    atomic_write_text(folder / "scores.json", json.dumps({**summary, "output_dir": str(folder)}, indent=2, allow_nan=True))
     summary["output_dir"] = str(folder)
     return table, summary
 

@@ -12,6 +12,7 @@ the same resolution and a decoder stage, and a 1x1 head. Subclasses build `encod
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
@@ -22,17 +23,17 @@ from lesionseg.models.blocks import crop_to, pad_to_multiple
 ConcatOrder = Literal["skip_first", "upsampled_first"]
 
 
-class PaddedSegmenter(nn.Module):
-    """Pads the input to a multiple of `stride`, computes `logits`, crops them to the input size."""
+class PaddedSegmenter(nn.Module, ABC):
+    """Pads the input to a multiple of `stride`, computes `logits`, crops them to the input size (abstract: subclasses define `logits`)."""
 
     stride: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return crop_to(self.logits(pad_to_multiple(x, self.stride)), x.shape[-2:])
 
+    @abstractmethod
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) logits of an input whose H and W are multiples of `stride`."""
-        raise NotImplementedError
 
 
 class UShapedNet(PaddedSegmenter):

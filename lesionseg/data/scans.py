@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import cv2
 import nibabel as nib
@@ -39,7 +40,7 @@ from lesionseg.data.folder import (
     split_suffix,
     to_channels,
 )
-from lesionseg.data.nifti import axial_volume, read_image
+from lesionseg.data.nifti import axial_volume
 from lesionseg.outputs import atomic_save
 
 DICOM_SUFFIX = ".dcm"
@@ -111,9 +112,15 @@ def layout_scans(cases: list[Case], layout: Layout) -> list[Scan]:
     return [Scan(case, partial(layout.load, case)) for case in cases]
 
 
+def nifti_header_of(source: Path) -> nib.Nifti1Image:
+    """The source scan's image object for its affine and header only (nibabel reads voxels lazily, and the
+    scan's voxels were already decoded and verified when it was predicted): no second decompression."""
+    return cast(nib.Nifti1Image, nib.load(str(source)))
+
+
 def _write_nifti_mask(source: Path, mask: np.ndarray, path: Path) -> None:
     """(Z, H, W) axial mask -> NIfTI with the source's affine and header, uint8."""
-    reference = read_image(source)
+    reference = nifti_header_of(source)
     volume = axial_volume(mask.astype(np.uint8))
     image = nib.Nifti1Image(volume, reference.affine, reference.header)
     image.set_data_dtype(np.uint8)
@@ -136,7 +143,7 @@ def voxel_volume_ml(scan: Scan) -> float | None:
     """Volume of one voxel in millilitres (NIfTI scans; None for 2D pictures without spacing)."""
     if not scan.is_volume:
         return None
-    zooms = read_image(scan.case.image[0]).header.get_zooms()[:3]
+    zooms = nifti_header_of(scan.case.image[0]).header.get_zooms()[:3]
     return float(np.prod(zooms)) / 1000.0
 
 
@@ -172,7 +179,7 @@ def write_probabilities(scan: Scan, probabilities: np.ndarray, folder: Path) -> 
 def write_volume_map(scan: Scan, values: np.ndarray, folder: Path, name: str) -> Path:
     """Save a (Z, H, W) float map of a NIfTI scan as `<subject>_<name>.nii.gz` (float32, the scan's affine and header)."""
     path = folder / f"{scan.case.subject}_{name}.nii.gz"
-    reference = read_image(scan.case.image[0])
+    reference = nifti_header_of(scan.case.image[0])
     image = nib.Nifti1Image(axial_volume(values.astype(np.float32)), reference.affine, reference.header)
     image.set_data_dtype(np.float32)
     image.header.set_slope_inter(1.0, 0.0)
